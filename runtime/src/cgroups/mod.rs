@@ -1,0 +1,586 @@
+//! cgroups: the host layout (v1, v2 or hybrid), the container's cgroup plan, and applying it.
+//!
+//! The layout is read once per process from /proc/self/mountinfo. A container joins every
+//! mounted hierarchy (each v1 controller, the named `systemd` one, and the cgroup2 mount,
+//! which on a hybrid host holds only what v1 does not), as runc does.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Component, Path, PathBuf},
+    sync::OnceLock,
+};
+
+use oci_spec::runtime::{Linux, LinuxDeviceCgroup, LinuxDeviceType};
+use serde::{Deserialize, Serialize};
+
+pub mod resources;
+
+use self::resources::CgroupWrite;
+use crate::{plan::devices::DeviceNode, Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hierarchy {
+    pub mountpoint: PathBuf,
+    /// v1 controllers (or `name=...`) of this mount; for cgroup2, the controllers its root
+    /// offers (cgroup.controllers).
+    pub controllers: Vec<String>,
+    pub unified: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub hierarchies: Vec<Hierarchy>,
+}
+
+impl Layout {
+    /// The host's layout, read once.
+    pub fn host() -> &'static Layout {
+        static LAYOUT: OnceLock<Layout> = OnceLock::new();
+        LAYOUT.get_or_init(|| {
+            let mut layout =
+                Layout::parse(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+            for h in layout.hierarchies.iter_mut().filter(|h| h.unified) {
+                let available =
+                    fs::read_to_string(h.mountpoint.join("cgroup.controllers")).unwrap_or_default();
+                h.controllers = available.split_whitespace().map(str::to_owned).collect();
+            }
+            layout
+        })
+    }
+
+    pub fn parse(mountinfo: &str) -> Layout {
+        let mut hierarchies = Vec::new();
+        for line in mountinfo.lines() {
+            // id parent maj:min root mountpoint opts [optional...] - fstype source superopts
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut right = right.split(' ');
+            let (fstype, _source, superopts) = (right.next(), right.next(), right.next());
+            let mountpoint = left.split(' ').nth(4).unwrap_or_default();
+            let root = left.split(' ').nth(3).unwrap_or_default();
+            if root != "/" {
+                continue; // a bind of a sub-cgroup, not the hierarchy root
+            }
+            match fstype {
+                Some("cgroup2") => hierarchies.push(Hierarchy {
+                    mountpoint: PathBuf::from(mountpoint),
+                    controllers: Vec::new(),
+                    unified: true,
+                }),
+                Some("cgroup") => {
+                    let controllers = superopts
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent"))
+                        .filter(|o| {
+                            o.starts_with("name=")
+                                || !o.contains('=')
+                                    && !matches!(
+                                        *o,
+                                        "noprefix" | "clone_children" | "xattr" | "cpuset_v2_mode"
+                                    )
+                        })
+                        .map(str::to_owned)
+                        .collect();
+                    hierarchies.push(Hierarchy {
+                        mountpoint: PathBuf::from(mountpoint),
+                        controllers,
+                        unified: false,
+                    })
+                }
+                _ => {}
+            }
+        }
+        Layout { hierarchies }
+    }
+
+    fn v1(&self, controller: &str) -> Option<&Hierarchy> {
+        self.hierarchies
+            .iter()
+            .find(|h| !h.unified && h.controllers.iter().any(|c| c == controller))
+    }
+
+    /// The cgroup2 hierarchy, if it offers `controller`.
+    fn unified_with(&self, controller: &str) -> Option<&Hierarchy> {
+        self.hierarchies
+            .iter()
+            .find(|h| h.unified && h.controllers.iter().any(|c| c == controller))
+    }
+
+    fn v1_has_file(&self, controller: &str, file: &str) -> bool {
+        self.v1(controller)
+            .is_some_and(|h| h.mountpoint.join(file).exists())
+    }
+}
+
+/// Where the container's cgroups are and what to write before the init joins them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupPlan {
+    /// The container's directory in every hierarchy; the init joins all of them.
+    pub dirs: Vec<PathBuf>,
+    /// The cpuset directory, whose cpus/mems must be filled in before a process can join (v1).
+    pub cpuset_dir: Option<PathBuf>,
+    /// The v1 devices directory and the rules to write there, in order.
+    pub devices_dir: Option<PathBuf>,
+    pub device_rules: Vec<DeviceRule>,
+    /// Resource limits, written in order before the init joins.
+    pub writes: Vec<CgroupWrite>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRule {
+    pub allow: bool,
+    /// `type major:minor access`, as devices.allow/devices.deny take it.
+    pub rule: String,
+}
+
+/// Turns `cgroupsPath` into a path below each hierarchy root. Accepts the systemd form
+/// `slice:prefix:name` (as containerd's CRI writes it) and maps it onto cgroupfs.
+pub fn cgroup_relative_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf> {
+    let raw = cgroups_path
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| id.to_owned());
+    let path = if !raw.starts_with('/') && raw.matches(':').count() == 2 {
+        let mut parts = raw.splitn(3, ':');
+        let (slice, prefix, name) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let mut path = PathBuf::new();
+        if !slice.is_empty() && slice != "-.slice" {
+            // "a-b.slice" lives at "a.slice/a-b.slice".
+            let stem = slice.strip_suffix(".slice").ok_or_else(|| {
+                Error::invalid(
+                    "linux.cgroupsPath",
+                    format!("{raw:?}: slice must end in .slice"),
+                )
+            })?;
+            let mut acc = String::new();
+            for part in stem.split('-') {
+                if !acc.is_empty() {
+                    acc.push('-');
+                }
+                acc.push_str(part);
+                path.push(format!("{acc}.slice"));
+            }
+        }
+        let unit = if name.ends_with(".slice") {
+            name.to_owned()
+        } else if prefix.is_empty() {
+            format!("{name}.scope")
+        } else {
+            format!("{prefix}-{name}.scope")
+        };
+        path.push(unit);
+        path
+    } else {
+        PathBuf::from(raw.trim_start_matches('/'))
+    };
+    if path.as_os_str().is_empty()
+        || path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(Error::invalid(
+            "linux.cgroupsPath",
+            format!("{raw:?} must name a cgroup below the root, without '..'"),
+        ));
+    }
+    Ok(path)
+}
+
+fn device_rule(d: &LinuxDeviceCgroup) -> DeviceRule {
+    let typ = d.typ().unwrap_or(LinuxDeviceType::A);
+    let num = |n: Option<i64>| {
+        n.filter(|n| *n >= 0)
+            .map_or("*".to_owned(), |n| n.to_string())
+    };
+    let rule = if typ == LinuxDeviceType::A {
+        "a".to_owned()
+    } else {
+        format!(
+            "{} {}:{} {}",
+            typ.as_str(),
+            num(d.major()),
+            num(d.minor()),
+            d.access().clone().unwrap_or_else(|| "rwm".to_owned())
+        )
+    };
+    DeviceRule {
+        allow: d.allow(),
+        rule,
+    }
+}
+
+/// Devices every container may use whatever the spec says (runc allows the same set).
+const ALWAYS_ALLOWED: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
+pub fn plan_cgroup(
+    linux: &Linux,
+    id: &str,
+    nodes: &[DeviceNode],
+    layout: &Layout,
+) -> Result<CgroupPlan> {
+    let rel = cgroup_relative_path(linux.cgroups_path().as_deref(), id)?;
+    let mut plan = CgroupPlan {
+        dirs: layout
+            .hierarchies
+            .iter()
+            .map(|h| h.mountpoint.join(&rel))
+            .collect(),
+        cpuset_dir: layout.v1("cpuset").map(|h| h.mountpoint.join(&rel)),
+        devices_dir: layout.v1("devices").map(|h| h.mountpoint.join(&rel)),
+        device_rules: Vec::new(),
+        writes: Vec::new(),
+    };
+    if let Some(resources) = linux.resources() {
+        plan.writes = resources::plan_resources(resources, layout, &rel)?;
+        plan.device_rules = resources
+            .devices()
+            .iter()
+            .flatten()
+            .map(device_rule)
+            .collect();
+    }
+    if !plan.device_rules.is_empty() {
+        if plan.devices_dir.is_none() {
+            return Err(Error::unsupported(
+                "linux.resources.devices",
+                "device rules need the v1 devices controller (cgroup v2 device programs are not implemented yet)",
+            ));
+        }
+        plan.device_rules
+            .extend(ALWAYS_ALLOWED.iter().map(|r| DeviceRule {
+                allow: true,
+                rule: r.to_string(),
+            }));
+        for n in nodes {
+            let t = match n.kind {
+                libc::S_IFBLK => 'b',
+                libc::S_IFCHR => 'c',
+                _ => continue,
+            };
+            plan.device_rules.push(DeviceRule {
+                allow: true,
+                rule: format!("{t} {}:{} rwm", n.major, n.minor),
+            });
+        }
+    }
+    Ok(plan)
+}
+
+fn write_file(path: &Path, value: &str) -> Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(|e| Error::Other(format!("write {value:?} to {}: {e}", path.display())))
+}
+
+/// Fills an empty cpuset.cpus/mems from the nearest ancestor, top down (v1 refuses tasks otherwise).
+fn inherit_cpuset(dir: &Path) -> Result<()> {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let mut chain = vec![dir.to_path_buf()];
+        let mut value = String::new();
+        let mut cur = dir.parent();
+        while let Some(p) = cur {
+            match fs::read_to_string(p.join(file)) {
+                Ok(v) if !v.trim().is_empty() => {
+                    value = v.trim().to_owned();
+                    break;
+                }
+                Ok(_) => chain.push(p.to_path_buf()),
+                Err(_) => break,
+            }
+            cur = p.parent();
+        }
+        for d in chain.iter().rev() {
+            let current = fs::read_to_string(d.join(file)).unwrap_or_default();
+            if current.trim().is_empty() {
+                write_file(&d.join(file), &value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the cgroups, writes the device rules and moves the calling process into them.
+pub fn apply_and_join(plan: &CgroupPlan) -> Result<()> {
+    for dir in &plan.dirs {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    if let Some(dir) = &plan.cpuset_dir {
+        inherit_cpuset(dir)?;
+    }
+    if let Some(dir) = &plan.devices_dir {
+        for r in &plan.device_rules {
+            let file = if r.allow {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
+            write_file(&dir.join(file), &r.rule)?;
+        }
+    }
+    for w in &plan.writes {
+        let path = w.dir.join(&w.file);
+        if w.optional && !path.exists() {
+            continue;
+        }
+        write_file(&path, &w.value).map_err(|e| Error::invalid(&w.field, e.to_string()))?;
+    }
+    for dir in &plan.dirs {
+        write_file(&dir.join("cgroup.procs"), "0")?;
+    }
+    Ok(())
+}
+
+/// The pids in the container's cgroup (from the first hierarchy that has the directory).
+pub fn pids(plan: &CgroupPlan) -> Vec<i32> {
+    plan.dirs
+        .iter()
+        .find_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// SIGKILLs everything in the cgroup and removes its directories, retrying briefly while
+/// the kernel finishes tearing the processes down. Missing directories are fine.
+pub fn destroy(plan: &CgroupPlan) -> Result<()> {
+    let mut last_err = None;
+    for attempt in 0..200 {
+        for pid in pids(plan) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        last_err = None;
+        for dir in &plan.dirs {
+            match fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => last_err = Some(Error::io(dir, e)),
+            }
+        }
+        if last_err.is_none() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(if attempt < 20 {
+            1
+        } else {
+            10
+        }));
+    }
+    Err(last_err.unwrap())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+30 23 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+32 30 0:28 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+33 30 0:29 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+34 30 0:30 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+35 30 0:31 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+36 30 0:29 /sub /mnt/x rw,relatime - cgroup cgroup rw,devices
+";
+
+    #[test]
+    fn parses_the_hybrid_layout() {
+        let l = Layout::parse(HYBRID);
+        let names: Vec<_> = l
+            .hierarchies
+            .iter()
+            .map(|h| h.mountpoint.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "/sys/fs/cgroup/cpu",
+                "/sys/fs/cgroup/cpuset",
+                "/sys/fs/cgroup/devices",
+                "/sys/fs/cgroup/systemd",
+                "/sys/fs/cgroup/unified"
+            ]
+        );
+        assert_eq!(l.hierarchies[3].controllers, ["name=systemd"]);
+        assert!(l.hierarchies[4].unified);
+        assert!(l.v1("devices").is_some());
+    }
+
+    #[test]
+    fn cgroups_path_forms() {
+        let p = |s: &str| cgroup_relative_path(Some(Path::new(s)), "id");
+        assert_eq!(p("/default/c1").unwrap(), PathBuf::from("default/c1"));
+        assert_eq!(p("rel/c1").unwrap(), PathBuf::from("rel/c1"));
+        assert_eq!(
+            cgroup_relative_path(None, "myid").unwrap(),
+            PathBuf::from("myid")
+        );
+        assert_eq!(
+            p("kubepods-besteffort.slice:cri-containerd:abc").unwrap(),
+            PathBuf::from("kubepods.slice/kubepods-besteffort.slice/cri-containerd-abc.scope")
+        );
+        assert_eq!(
+            p("system.slice:docker:x").unwrap(),
+            PathBuf::from("system.slice/docker-x.scope")
+        );
+        for bad in ["/a/../../etc", "/", "bad:x:y"] {
+            let e = p(bad).unwrap_err().to_string();
+            assert!(e.contains("linux.cgroupsPath"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn plan_joins_every_hierarchy_and_orders_device_rules() {
+        let linux: Linux = serde_json::from_str(
+            r#"{"cgroupsPath":"/default/c1","resources":{"devices":[
+                {"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":10,"minor":229,"access":"rw"}]}}"#,
+        )
+        .unwrap();
+        let plan = plan_cgroup(&linux, "c1", &[], &Layout::parse(HYBRID)).unwrap();
+        assert_eq!(plan.dirs.len(), 5);
+        assert_eq!(
+            plan.dirs[4],
+            PathBuf::from("/sys/fs/cgroup/unified/default/c1")
+        );
+        assert_eq!(
+            plan.devices_dir,
+            Some(PathBuf::from("/sys/fs/cgroup/devices/default/c1"))
+        );
+        assert_eq!(
+            plan.device_rules[0],
+            DeviceRule {
+                allow: false,
+                rule: "a".into()
+            }
+        );
+        assert_eq!(
+            plan.device_rules[1],
+            DeviceRule {
+                allow: true,
+                rule: "c 10:229 rw".into()
+            }
+        );
+        assert!(plan.device_rules.iter().any(|r| r.rule == "c 1:3 rwm"));
+    }
+
+    fn hybrid() -> Layout {
+        let mut l = Layout::parse(HYBRID);
+        l.hierarchies[4].controllers = vec!["hugetlb".into()];
+        l
+    }
+
+    #[test]
+    fn resources_land_in_v1_files_and_hugetlb_in_the_unified_hierarchy() {
+        let linux: Linux = serde_json::from_str(
+            r#"{"cgroupsPath":"/d/c","resources":{"cpu":{"shares":512,"quota":50000,"period":100000,"cpus":"0"},
+                "hugepageLimits":[{"pageSize":"2MB","limit":4194304}]}}"#,
+        )
+        .unwrap();
+        let plan = plan_cgroup(&linux, "c", &[], &hybrid()).unwrap();
+        let w: Vec<_> = plan
+            .writes
+            .iter()
+            .map(|w| (w.dir.to_str().unwrap(), w.file.as_str(), w.value.as_str()))
+            .collect();
+        assert_eq!(
+            w,
+            [
+                ("/sys/fs/cgroup/cpu/d/c", "cpu.shares", "512"),
+                ("/sys/fs/cgroup/cpu/d/c", "cpu.cfs_period_us", "100000"),
+                ("/sys/fs/cgroup/cpu/d/c", "cpu.cfs_quota_us", "50000"),
+                ("/sys/fs/cgroup/cpuset/d/c", "cpuset.cpus", "0"),
+                ("/sys/fs/cgroup/unified/d/c", "hugetlb.2MB.max", "4194304"),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_controllers_are_errors_naming_the_field() {
+        let linux: Linux =
+            serde_json::from_str(r#"{"resources":{"memory":{"limit":1000000}}}"#).unwrap();
+        let e = plan_cgroup(&linux, "c", &[], &hybrid())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("linux.resources.memory") && e.contains("not available"),
+            "{e}"
+        );
+        let linux: Linux =
+            serde_json::from_str(r#"{"resources":{"network":{"classID":1}}}"#).unwrap();
+        let e = plan_cgroup(&linux, "c", &[], &hybrid())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("linux.resources.network.classID"), "{e}");
+    }
+
+    #[test]
+    fn v2_mappings() {
+        let mut l = Layout::parse("35 30 0:31 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        l.hierarchies[0].controllers = ["cpu", "cpuset", "memory", "pids", "io", "hugetlb"]
+            .map(String::from)
+            .to_vec();
+        let linux: Linux = serde_json::from_str(
+            r#"{"cgroupsPath":"/k/c","resources":{"cpu":{"shares":1024,"quota":-1},
+                "memory":{"limit":1048576,"swap":2097152,"reservation":1000},"pids":{"limit":0},
+                "blockIO":{"weight":100,"throttleReadBpsDevice":[{"major":8,"minor":0,"rate":1000}]},
+                "unified":{"memory.high":"900000"}}}"#,
+        )
+        .unwrap();
+        let plan = plan_cgroup(&linux, "c", &[], &l).unwrap();
+        let w: Vec<_> = plan
+            .writes
+            .iter()
+            .map(|w| (w.file.as_str(), w.value.as_str()))
+            .collect();
+        assert_eq!(
+            w,
+            [
+                ("cpu.weight", "39"),
+                ("cpu.max", "max 100000"),
+                ("memory.max", "1048576"),
+                ("memory.low", "1000"),
+                ("memory.swap.max", "1048576"),
+                ("pids.max", "max"),
+                ("io.bfq.weight", "100"),
+                ("io.max", "8:0 rbps=1000"),
+                ("memory.high", "900000"),
+            ]
+        );
+        assert!(plan
+            .writes
+            .iter()
+            .all(|w| w.dir == Path::new("/sys/fs/cgroup/k/c")));
+        let bad: Linux =
+            serde_json::from_str(r#"{"resources":{"memory":{"swappiness":10}}}"#).unwrap();
+        let e = plan_cgroup(&bad, "c", &[], &l).unwrap_err().to_string();
+        assert!(e.contains("linux.resources.memory.swappiness"), "{e}");
+    }
+
+    #[test]
+    fn shares_map_to_weight_like_runc() {
+        assert_eq!(resources::shares_to_weight(2), 1);
+        assert_eq!(resources::shares_to_weight(1024), 39);
+        assert_eq!(resources::shares_to_weight(262_144), 10_000);
+    }
+}

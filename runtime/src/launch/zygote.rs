@@ -1,0 +1,328 @@
+//! The launcher: a single-threaded helper process forked before the shim starts threads.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    sync::Mutex,
+};
+
+use nix::{
+    sched::{setns, CloneFlags},
+    sys::signal::{SigSet, Signal},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{channel::Channel, init, Launched};
+use crate::{
+    plan::{LaunchPlan, NamespaceKind},
+    Error, Result,
+};
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    /// Comes with three descriptors: the init's stdin, stdout and stderr.
+    Launch { plan: Box<LaunchPlan> },
+}
+
+/// An exit of a process the launcher started: sent on the exit channel, in reaping order.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Exit {
+    pub pid: i32,
+    /// The exit code, or 128 + the signal that killed the process.
+    pub status: u32,
+    /// Nanoseconds since the Unix epoch.
+    pub exited_at: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    /// Comes with one descriptor: the shim's end of the init's channel.
+    Launched {
+        pid: i32,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// The shim's handle on its launcher.
+#[derive(Debug)]
+pub struct Zygote {
+    pid: i32,
+    channel: Mutex<Channel>,
+    exits: Mutex<Option<Channel>>,
+}
+
+impl Zygote {
+    /// Forks the launcher.
+    ///
+    /// # Safety
+    /// The calling process must be single-threaded: the launcher relies on having been
+    /// forked from a process whose locks and allocator state no other thread could hold.
+    pub unsafe fn spawn() -> Result<Zygote> {
+        let (shim_end, zygote_end) = Channel::pair()?;
+        let (exits_shim_end, exits_zygote_end) = Channel::pair()?;
+        let parent = std::process::id() as i32;
+        // SAFETY: the caller guarantees a single-threaded process.
+        match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork launcher", e))? {
+            nix::unistd::ForkResult::Child => {
+                drop(shim_end);
+                drop(exits_shim_end);
+                serve(zygote_end, exits_zygote_end, parent)
+            }
+            nix::unistd::ForkResult::Parent { child } => Ok(Zygote {
+                pid: child.as_raw(),
+                channel: Mutex::new(shim_end),
+                exits: Mutex::new(Some(exits_shim_end)),
+            }),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The channel on which the launcher reports exits ([`Exit`]); can be taken once.
+    pub fn take_exit_channel(&self) -> Option<ExitChannel> {
+        self.exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(ExitChannel)
+    }
+
+    /// Clones a new container init for `plan` with the given stdio. `register` runs with the
+    /// new pid before any other launch can happen, so the caller can record the pid before a
+    /// reused pid could ever be reported.
+    pub fn launch(
+        &self,
+        plan: &LaunchPlan,
+        stdio: [BorrowedFd<'_>; 3],
+        register: impl FnOnce(i32),
+    ) -> Result<Launched> {
+        let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        let fds = stdio.map(|f| f.as_raw_fd());
+        channel.send(
+            &Request::Launch {
+                plan: Box::new(plan.clone()),
+            },
+            &fds,
+        )?;
+        match channel.recv::<Reply>()? {
+            Some((Reply::Launched { pid }, mut fds)) if fds.len() == 1 => {
+                register(pid);
+                Ok(Launched {
+                    pid,
+                    channel: Channel::from(fds.pop().unwrap()),
+                })
+            }
+            Some((Reply::Failed { error }, _)) => Err(Error::Init(error)),
+            Some(_) => Err(Error::Other("launcher sent a malformed reply".into())),
+            None => Err(Error::Other("the launcher process is gone".into())),
+        }
+    }
+}
+
+/// The shim's end of the exit channel.
+#[derive(Debug)]
+pub struct ExitChannel(Channel);
+
+impl ExitChannel {
+    /// Blocks for the next exit; `None` once the launcher is gone.
+    pub fn recv(&self) -> Option<Exit> {
+        match self.0.recv::<Exit>() {
+            Ok(Some((exit, _))) => Some(exit),
+            _ => None,
+        }
+    }
+}
+
+impl From<OwnedFd> for Channel {
+    fn from(fd: OwnedFd) -> Self {
+        Channel::from_fd(fd)
+    }
+}
+
+fn set_name(name: &[u8]) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+}
+
+/// The launcher's loop. Never returns; exits when the shim closes the channel or dies.
+///
+/// It is the parent (and, as a subreaper, the reaper of orphans) of every container process,
+/// so it learns each pid before that process can be reaped: exits are reported exactly, in
+/// order, and a reused pid can never be confused with an old one.
+fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+    if nix::unistd::getppid().as_raw() != parent {
+        std::process::exit(0);
+    }
+    set_name(b"shim-rs-launch\0");
+    let sigchld = match child_signal_fd() {
+        Ok(fd) => fd,
+        Err(_) => std::process::exit(1),
+    };
+    // Our own pid namespace, to return to after launching into a joined one.
+    let own_pidns = File::open("/proc/self/ns/pid_for_children").ok();
+    let mut launched: HashSet<i32> = HashSet::new();
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: channel.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigchld.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on two valid pollfds.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            continue; // EINTR
+        }
+        if fds[1].revents != 0 {
+            drain_signal_fd(&sigchld);
+            reap(&mut launched, &exits);
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        let reply = match channel.recv::<Request>() {
+            Ok(None) => std::process::exit(0),
+            Err(e) => Err(e),
+            Ok(Some((Request::Launch { plan }, fds))) => launch(&plan, fds, own_pidns.as_ref()),
+        };
+        let sent = match reply {
+            Ok((pid, init_channel)) => {
+                launched.insert(pid);
+                channel.send(&Reply::Launched { pid }, &[init_channel.as_raw_fd()])
+            }
+            Err(e) => channel.send(
+                &Reply::Failed {
+                    error: e.to_string(),
+                },
+                &[],
+            ),
+        };
+        if sent.is_err() {
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Blocks SIGCHLD and returns a signalfd for it (the init unblocks it again before exec).
+fn child_signal_fd() -> Result<OwnedFd> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    set.thread_block()
+        .map_err(|e| Error::sys("block SIGCHLD", e))?;
+    // SAFETY: signalfd on a valid sigset; we take ownership of the new descriptor.
+    let fd = unsafe { libc::signalfd(-1, set.as_ref(), libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(Error::Other(format!(
+            "signalfd: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: fd is a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn drain_signal_fd(fd: &OwnedFd) {
+    let mut buf = [0u8; 128 * 8];
+    // SAFETY: read into a local buffer.
+    while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+/// Reaps every exited child; reports the ones we launched, drops orphans.
+fn reap(launched: &mut HashSet<i32>, exits: &Channel) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid status pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status) as u32
+        } else if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status) as u32
+        } else {
+            continue;
+        };
+        if launched.remove(&pid) {
+            let exited_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or_default();
+            let _ = exits.send(
+                &Exit {
+                    pid,
+                    status: code,
+                    exited_at,
+                },
+                &[],
+            );
+        }
+    }
+}
+
+fn launch(
+    plan: &LaunchPlan,
+    stdio: Vec<OwnedFd>,
+    own_pidns: Option<&File>,
+) -> Result<(i32, Channel)> {
+    if stdio.len() != 3 {
+        return Err(Error::Other(format!(
+            "launch request carried {} descriptors, not 3",
+            stdio.len()
+        )));
+    }
+    let (shim_end, init_end) = Channel::pair()?;
+    // A pid namespace can only be joined for children: switch our pid_for_children around the clone.
+    let join_pid = plan
+        .namespaces
+        .join
+        .iter()
+        .find(|(k, _)| *k == NamespaceKind::Pid);
+    if let Some((_, path)) = join_pid {
+        let ns = File::open(path).map_err(|e| Error::io(path, e))?;
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWPID)
+            .map_err(|e| Error::sys(format!("join pid namespace {}", path.display()), e))?;
+    }
+    let flags = plan.namespaces.clone_flags() | libc::SIGCHLD;
+    // SAFETY: a fork-style clone (no new stack) from a single-threaded process; the child
+    // continues on a copy of this stack and never returns from `init::run`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        drop(shim_end);
+        init::run(plan, init_end, stdio);
+    }
+    let clone_err = std::io::Error::last_os_error();
+    if join_pid.is_some() {
+        if let Some(own) = own_pidns {
+            let _ = setns(own.as_fd(), CloneFlags::CLONE_NEWPID);
+        }
+    }
+    if pid < 0 {
+        return Err(Error::Other(format!("clone container init: {clone_err}")));
+    }
+    Ok((pid as i32, shim_end))
+}

@@ -1,0 +1,302 @@
+//! The launch plan: everything the init must do, as typed data, computed from the spec by
+//! pure code. The plan crosses a process boundary (shim -> launcher) as JSON.
+
+pub mod devices;
+pub mod mounts;
+pub mod namespaces;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    devices::DeviceNode,
+    mounts::MountPlan,
+    namespaces::{NamespaceKind, NamespacePlan},
+    process::ProcessPlan,
+};
+use crate::{
+    cgroups::{self, CgroupPlan, Layout},
+    Error, Result,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchPlan {
+    pub id: String,
+    /// Absolute host path of the container's root filesystem.
+    pub rootfs: PathBuf,
+    pub readonly_root: bool,
+    /// Propagation of the container's "/" (defaults to rslave, as runc).
+    pub rootfs_propagation: u64,
+    pub namespaces: NamespacePlan,
+    pub hostname: Option<String>,
+    pub domainname: Option<String>,
+    pub mounts: Vec<MountPlan>,
+    pub devices: Vec<DeviceNode>,
+    pub masked_paths: Vec<PathBuf>,
+    pub readonly_paths: Vec<PathBuf>,
+    pub process: ProcessPlan,
+    pub cgroup: CgroupPlan,
+}
+
+fn propagation(value: &str) -> Result<u64> {
+    let f = match value {
+        "" | "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        other => {
+            return Err(Error::invalid(
+                "linux.rootfsPropagation",
+                format!("unknown propagation {other:?}"),
+            ))
+        }
+    };
+    Ok(f.bits())
+}
+
+fn absolute_paths(field: &str, paths: Option<&Vec<String>>) -> Result<Vec<PathBuf>> {
+    paths
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, p)| {
+            if p.starts_with('/') {
+                Ok(PathBuf::from(p))
+            } else {
+                Err(Error::invalid(
+                    format!("{field}[{i}]"),
+                    format!("{p:?} is not an absolute path"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Fields of the spec this runtime does not implement yet: refused, never silently ignored.
+fn reject_unimplemented(spec: &Spec) -> Result<()> {
+    if let Some(hooks) = spec.hooks() {
+        let any = [
+            hooks.prestart().as_ref().is_some_and(|h| !h.is_empty()),
+            hooks
+                .create_runtime()
+                .as_ref()
+                .is_some_and(|h| !h.is_empty()),
+            hooks
+                .create_container()
+                .as_ref()
+                .is_some_and(|h| !h.is_empty()),
+            hooks
+                .start_container()
+                .as_ref()
+                .is_some_and(|h| !h.is_empty()),
+            hooks.poststart().as_ref().is_some_and(|h| !h.is_empty()),
+            hooks.poststop().as_ref().is_some_and(|h| !h.is_empty()),
+        ];
+        if any.iter().any(|x| *x) {
+            return Err(Error::unsupported("hooks", "hooks are not implemented yet"));
+        }
+    }
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    let checks = [
+        (
+            "linux.uidMappings",
+            linux.uid_mappings().as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "linux.gidMappings",
+            linux.gid_mappings().as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "linux.sysctl",
+            linux.sysctl().as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        ("linux.seccomp", linux.seccomp().is_some()),
+        ("linux.intelRdt", linux.intel_rdt().is_some()),
+        ("linux.memoryPolicy", linux.memory_policy().is_some()),
+        ("linux.personality", linux.personality().is_some()),
+        (
+            "linux.timeOffsets",
+            linux.time_offsets().as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "linux.netDevices",
+            linux.net_devices().as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "linux.mountLabel",
+            linux.mount_label().as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+    ];
+    for (field, set) in checks {
+        if set {
+            return Err(Error::unsupported(field, "not implemented yet"));
+        }
+    }
+    Ok(())
+}
+
+/// Builds the plan for container `id` of `bundle` on a host with this cgroup `layout`.
+pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<LaunchPlan> {
+    reject_unimplemented(spec)?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| Error::invalid("root", "missing"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::invalid("process", "missing"))?;
+    let default_linux = oci_spec::runtime::Linux::default();
+    let linux = spec.linux().as_ref().unwrap_or(&default_linux);
+
+    let namespaces =
+        namespaces::plan_namespaces(linux.namespaces().as_deref().unwrap_or_default())?;
+    if !namespaces.has(NamespaceKind::Mount) {
+        return Err(Error::unsupported(
+            "linux.namespaces",
+            "a container without its own mount namespace is not supported",
+        ));
+    }
+    let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+    let domainname = spec.domainname().clone().filter(|h| !h.is_empty());
+    if (hostname.is_some() || domainname.is_some()) && !namespaces.has(NamespaceKind::Uts) {
+        return Err(Error::invalid(
+            "hostname",
+            "setting a hostname needs a UTS namespace in linux.namespaces",
+        ));
+    }
+
+    let mounts = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, m)| mounts::plan_mount(i, m, bundle))
+        .collect::<Result<Vec<_>>>()?;
+    let devices = devices::plan_devices(linux.devices().as_deref().unwrap_or_default())?;
+    let cgroup = cgroups::plan_cgroup(linux, id, &devices, layout)?;
+
+    Ok(LaunchPlan {
+        id: id.to_owned(),
+        rootfs,
+        readonly_root: root.readonly().unwrap_or(false),
+        rootfs_propagation: propagation(linux.rootfs_propagation().as_deref().unwrap_or(""))?,
+        namespaces,
+        hostname,
+        domainname,
+        mounts,
+        devices,
+        masked_paths: absolute_paths("linux.maskedPaths", linux.masked_paths().as_ref())?,
+        readonly_paths: absolute_paths("linux.readonlyPaths", linux.readonly_paths().as_ref())?,
+        process: process::plan_process(process)?,
+        cgroup,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spec `ctr run` generates (containerd 1.6 default spec), trimmed of nothing.
+    pub(crate) const CTR_DEFAULT_SPEC: &str = include_str!("testdata/ctr-default-spec.json");
+
+    fn layout() -> Layout {
+        Layout::parse(
+            "31 30 0:27 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices\n\
+             35 30 0:31 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
+        )
+    }
+
+    #[test]
+    fn ctr_default_spec_plans_completely() {
+        let spec =
+            crate::spec::parse(CTR_DEFAULT_SPEC.as_bytes(), Path::new("config.json")).unwrap();
+        let plan = build(&spec, Path::new("/run/b"), "c1", &layout()).unwrap();
+        assert_eq!(plan.rootfs, PathBuf::from("/run/b/rootfs"));
+        assert_eq!(plan.process.args, ["echo", "hello"]);
+        assert!(plan.namespaces.creates(NamespaceKind::Pid));
+        let dests: Vec<_> = plan
+            .mounts
+            .iter()
+            .map(|m| m.destination.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            dests,
+            [
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/shm",
+                "/dev/mqueue",
+                "/sys",
+                "/run"
+            ]
+        );
+        let dev = &plan.mounts[1];
+        assert_eq!(dev.fstype.as_deref(), Some("tmpfs"));
+        assert_eq!(dev.data, "mode=755,size=65536k");
+        assert_eq!(
+            dev.flags,
+            (MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME).bits()
+        );
+        assert!(plan.masked_paths.contains(&PathBuf::from("/proc/kcore")));
+        assert!(plan.readonly_paths.contains(&PathBuf::from("/proc/sys")));
+        assert_eq!(
+            plan.cgroup.dirs[0],
+            PathBuf::from("/sys/fs/cgroup/devices/default/c1")
+        );
+        assert_eq!(
+            plan.rootfs_propagation,
+            (MsFlags::MS_SLAVE | MsFlags::MS_REC).bits()
+        );
+        // The plan survives the trip to the launcher.
+        let json = serde_json::to_string(&plan).unwrap();
+        assert_eq!(serde_json::from_str::<LaunchPlan>(&json).unwrap(), plan);
+    }
+
+    #[test]
+    fn unimplemented_fields_are_refused_by_name() {
+        let mut v: serde_json::Value = serde_json::from_str(CTR_DEFAULT_SPEC).unwrap();
+        v["linux"]["seccomp"] = serde_json::json!({"defaultAction":"SCMP_ACT_ALLOW"});
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        let e = build(&spec, Path::new("/b"), "c", &layout())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("linux.seccomp"), "{e}");
+    }
+
+    #[test]
+    fn hostname_without_uts_namespace_is_refused() {
+        let mut v: serde_json::Value = serde_json::from_str(CTR_DEFAULT_SPEC).unwrap();
+        v["hostname"] = "h".into();
+        v["linux"]["namespaces"] = serde_json::json!([{"type":"mount"}]);
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        let e = build(&spec, Path::new("/b"), "c", &layout())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hostname"), "{e}");
+    }
+
+    #[test]
+    fn bad_propagation_is_refused() {
+        assert!(propagation("sideways")
+            .unwrap_err()
+            .to_string()
+            .contains("linux.rootfsPropagation"));
+    }
+}

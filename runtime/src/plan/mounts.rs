@@ -1,0 +1,341 @@
+//! Mounts: the OCI mount-option table turned into mount(2) flags, data and propagation.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use oci_spec::runtime::Mount;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// One mount of the container, ready for mount(2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountPlan {
+    /// Absolute path inside the container.
+    pub destination: PathBuf,
+    /// Host path for binds (made absolute against the bundle), or the fs source string.
+    pub source: Option<PathBuf>,
+    pub fstype: Option<String>,
+    /// Flags for the first mount(2) call.
+    pub flags: u64,
+    /// Flags a bind mount needs in a second, MS_REMOUNT call (ro, nosuid, ...).
+    pub remount_flags: Option<u64>,
+    /// Filesystem data: the options that are not flags, joined by commas.
+    pub data: String,
+    /// Propagation changes, each its own mount(2) call after the mount.
+    pub propagation: Vec<u64>,
+}
+
+impl MountPlan {
+    pub fn is_bind(&self) -> bool {
+        self.flags & MsFlags::MS_BIND.bits() != 0
+    }
+}
+
+/// How an option changes the mount flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MountOption {
+    Set(MsFlags),
+    Clear(MsFlags),
+    Propagation(MsFlags),
+    /// Valid OCI options this runtime does not implement yet.
+    Unsupported,
+}
+
+/// The OCI mount-option table (runtime-spec config.md, "Mount options").
+fn lookup(option: &str) -> Option<MountOption> {
+    use MountOption::*;
+    let flag = |f| Some(Set(f));
+    let clear = |f| Some(Clear(f));
+    let prop = |f| Some(Propagation(f));
+    match option {
+        "defaults" => Some(Set(MsFlags::empty())),
+        "async" => clear(MsFlags::MS_SYNCHRONOUS),
+        "sync" => flag(MsFlags::MS_SYNCHRONOUS),
+        "atime" => clear(MsFlags::MS_NOATIME),
+        "noatime" => flag(MsFlags::MS_NOATIME),
+        "bind" => flag(MsFlags::MS_BIND),
+        "rbind" => flag(MsFlags::MS_BIND | MsFlags::MS_REC),
+        "dev" => clear(MsFlags::MS_NODEV),
+        "nodev" => flag(MsFlags::MS_NODEV),
+        "diratime" => clear(MsFlags::MS_NODIRATIME),
+        "nodiratime" => flag(MsFlags::MS_NODIRATIME),
+        "dirsync" => flag(MsFlags::MS_DIRSYNC),
+        "exec" => clear(MsFlags::MS_NOEXEC),
+        "noexec" => flag(MsFlags::MS_NOEXEC),
+        "iversion" => flag(MsFlags::MS_I_VERSION),
+        "noiversion" => clear(MsFlags::MS_I_VERSION),
+        "lazytime" => flag(MsFlags::MS_LAZYTIME),
+        "nolazytime" => clear(MsFlags::MS_LAZYTIME),
+        "loud" => clear(MsFlags::MS_SILENT),
+        "silent" => flag(MsFlags::MS_SILENT),
+        "mand" => flag(MsFlags::MS_MANDLOCK),
+        "nomand" => clear(MsFlags::MS_MANDLOCK),
+        "relatime" => flag(MsFlags::MS_RELATIME),
+        "norelatime" => clear(MsFlags::MS_RELATIME),
+        "strictatime" => flag(MsFlags::MS_STRICTATIME),
+        "nostrictatime" => clear(MsFlags::MS_STRICTATIME),
+        "nosymfollow" => flag(MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW)),
+        "symfollow" => clear(MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW)),
+        "remount" => flag(MsFlags::MS_REMOUNT),
+        "ro" => flag(MsFlags::MS_RDONLY),
+        "rw" => clear(MsFlags::MS_RDONLY),
+        "suid" => clear(MsFlags::MS_NOSUID),
+        "nosuid" => flag(MsFlags::MS_NOSUID),
+        "private" => prop(MsFlags::MS_PRIVATE),
+        "rprivate" => prop(MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+        "shared" => prop(MsFlags::MS_SHARED),
+        "rshared" => prop(MsFlags::MS_SHARED | MsFlags::MS_REC),
+        "slave" => prop(MsFlags::MS_SLAVE),
+        "rslave" => prop(MsFlags::MS_SLAVE | MsFlags::MS_REC),
+        "unbindable" => prop(MsFlags::MS_UNBINDABLE),
+        "runbindable" => prop(MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+        "rro" | "rrw" | "rnosuid" | "rsuid" | "rnodev" | "rdev" | "rnoexec" | "rexec"
+        | "rnodiratime" | "rdiratime" | "rrelatime" | "rnorelatime" | "rnoatime" | "ratime"
+        | "rstrictatime" | "rnostrictatime" | "rnosymfollow" | "rsymfollow" | "idmap"
+        | "ridmap" | "tmpcopyup" => Some(Unsupported),
+        _ => None,
+    }
+}
+
+/// Flags that a bind mount only honours when applied again with MS_REMOUNT.
+const BIND_REMOUNT_FLAGS: MsFlags = MsFlags::MS_RDONLY
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC)
+    .union(MsFlags::MS_NOATIME)
+    .union(MsFlags::MS_NODIRATIME)
+    .union(MsFlags::MS_RELATIME)
+    .union(MsFlags::MS_STRICTATIME)
+    .union(MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW));
+
+/// Plans one spec mount; `index` names it in errors (`mounts[3]`).
+pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPlan> {
+    let field = |sub: &str| format!("mounts[{index}]{sub}");
+    let destination = mount.destination().clone();
+    if !destination.is_absolute() {
+        return Err(Error::invalid(
+            field(".destination"),
+            format!("{} is not an absolute path", destination.display()),
+        ));
+    }
+    if mount.uid_mappings().is_some() || mount.gid_mappings().is_some() {
+        return Err(Error::unsupported(
+            field(".uidMappings"),
+            "idmapped mounts are not implemented yet",
+        ));
+    }
+
+    let mut flags = MsFlags::empty();
+    let mut propagation = Vec::new();
+    let mut data = Vec::new();
+    for option in mount.options().iter().flatten() {
+        match lookup(option) {
+            Some(MountOption::Set(f)) => flags |= f,
+            Some(MountOption::Clear(f)) => flags &= !f,
+            Some(MountOption::Propagation(f)) => propagation.push(f.bits()),
+            Some(MountOption::Unsupported) => {
+                return Err(Error::unsupported(
+                    field(".options"),
+                    format!("mount option {option:?} is not implemented yet"),
+                ))
+            }
+            None => data.push(option.as_str()),
+        }
+    }
+
+    let fstype = mount.typ().clone().filter(|t| !t.is_empty());
+    if fstype.as_deref() == Some("bind") {
+        // "type": "bind" without a bind option still means a bind mount (runc does the same).
+        flags |= MsFlags::MS_BIND;
+    }
+    if fstype.as_deref() == Some("cgroup") || fstype.as_deref() == Some("cgroup2") {
+        return Err(Error::unsupported(
+            field(".type"),
+            "cgroup filesystems inside the container are not implemented yet",
+        ));
+    }
+
+    let is_bind = flags.contains(MsFlags::MS_BIND);
+    let mut source = mount.source().clone();
+    if is_bind {
+        let Some(src) = source.as_mut() else {
+            return Err(Error::invalid(
+                field(".source"),
+                "a bind mount needs a source",
+            ));
+        };
+        if src.is_relative() {
+            *src = bundle.join(&*src);
+        }
+    }
+
+    let remount_flags = (is_bind && flags.intersects(BIND_REMOUNT_FLAGS))
+        .then(|| ((flags & BIND_REMOUNT_FLAGS) | MsFlags::MS_BIND | MsFlags::MS_REMOUNT).bits());
+
+    Ok(MountPlan {
+        destination,
+        source,
+        fstype,
+        flags: flags.bits(),
+        remount_flags,
+        data: data.join(","),
+        propagation,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::MountBuilder;
+
+    fn mount(typ: &str, src: &str, dst: &str, opts: &[&str]) -> Mount {
+        MountBuilder::default()
+            .typ(typ)
+            .source(src)
+            .destination(dst)
+            .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .build()
+            .unwrap()
+    }
+
+    fn plan(opts: &[&str]) -> MountPlan {
+        plan_mount(0, &mount("tmpfs", "tmpfs", "/x", opts), Path::new("/b")).unwrap()
+    }
+
+    #[test]
+    fn every_flag_option_of_the_table() {
+        let table: &[(&str, MsFlags)] = &[
+            ("sync", MsFlags::MS_SYNCHRONOUS),
+            ("noatime", MsFlags::MS_NOATIME),
+            ("nodev", MsFlags::MS_NODEV),
+            ("nodiratime", MsFlags::MS_NODIRATIME),
+            ("dirsync", MsFlags::MS_DIRSYNC),
+            ("noexec", MsFlags::MS_NOEXEC),
+            ("iversion", MsFlags::MS_I_VERSION),
+            ("lazytime", MsFlags::MS_LAZYTIME),
+            ("silent", MsFlags::MS_SILENT),
+            ("mand", MsFlags::MS_MANDLOCK),
+            ("relatime", MsFlags::MS_RELATIME),
+            ("strictatime", MsFlags::MS_STRICTATIME),
+            (
+                "nosymfollow",
+                MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),
+            ),
+            ("remount", MsFlags::MS_REMOUNT),
+            ("ro", MsFlags::MS_RDONLY),
+            ("nosuid", MsFlags::MS_NOSUID),
+        ];
+        for (opt, f) in table {
+            assert_eq!(plan(&[opt]).flags, f.bits(), "{opt}");
+        }
+    }
+
+    #[test]
+    fn clear_options_undo_their_flag() {
+        let pairs = [
+            ("sync", "async"),
+            ("noatime", "atime"),
+            ("nodev", "dev"),
+            ("nodiratime", "diratime"),
+            ("noexec", "exec"),
+            ("iversion", "noiversion"),
+            ("lazytime", "nolazytime"),
+            ("silent", "loud"),
+            ("mand", "nomand"),
+            ("relatime", "norelatime"),
+            ("strictatime", "nostrictatime"),
+            ("nosymfollow", "symfollow"),
+            ("ro", "rw"),
+            ("nosuid", "suid"),
+        ];
+        for (set, clear) in pairs {
+            assert_eq!(plan(&[set, clear]).flags, 0, "{set},{clear}");
+            assert_ne!(plan(&[clear, set]).flags, 0, "{clear},{set}: last one wins");
+        }
+    }
+
+    #[test]
+    fn defaults_sets_nothing_and_unknown_options_become_data() {
+        let p = plan(&["defaults", "mode=755", "size=65536k", "nosuid"]);
+        assert_eq!(p.flags, MsFlags::MS_NOSUID.bits());
+        assert_eq!(p.data, "mode=755,size=65536k");
+        assert!(p.propagation.is_empty());
+    }
+
+    #[test]
+    fn propagation_options_are_separate_calls_in_order() {
+        let p = plan(&[
+            "rprivate",
+            "shared",
+            "slave",
+            "rslave",
+            "unbindable",
+            "runbindable",
+            "private",
+            "rshared",
+        ]);
+        let rec = MsFlags::MS_REC;
+        let expect: Vec<u64> = [
+            MsFlags::MS_PRIVATE | rec,
+            MsFlags::MS_SHARED,
+            MsFlags::MS_SLAVE,
+            MsFlags::MS_SLAVE | rec,
+            MsFlags::MS_UNBINDABLE,
+            MsFlags::MS_UNBINDABLE | rec,
+            MsFlags::MS_PRIVATE,
+            MsFlags::MS_SHARED | rec,
+        ]
+        .iter()
+        .map(|f| f.bits())
+        .collect();
+        assert_eq!(p.propagation, expect);
+        assert_eq!(p.flags, 0);
+    }
+
+    #[test]
+    fn read_only_bind_gets_a_remount_and_relative_source_uses_the_bundle() {
+        let m = mount("none", "data", "/data", &["rbind", "ro", "nosuid"]);
+        let p = plan_mount(0, &m, Path::new("/bundle")).unwrap();
+        assert_eq!(p.source.as_deref(), Some(Path::new("/bundle/data")));
+        assert!(p.is_bind());
+        assert_eq!(
+            p.flags,
+            (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID).bits()
+        );
+        assert_eq!(
+            p.remount_flags,
+            Some(
+                (MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID)
+                    .bits()
+            )
+        );
+    }
+
+    #[test]
+    fn plain_bind_needs_no_remount_and_type_bind_implies_bind() {
+        let m = mount("bind", "/host", "/c", &[]);
+        let p = plan_mount(0, &m, Path::new("/b")).unwrap();
+        assert!(p.is_bind());
+        assert_eq!(p.remount_flags, None);
+        assert_eq!(p.source.as_deref(), Some(Path::new("/host")));
+    }
+
+    #[test]
+    fn errors_name_the_mount_and_field() {
+        let e = plan_mount(2, &mount("tmpfs", "t", "rel/path", &[]), Path::new("/b")).unwrap_err();
+        assert!(e.to_string().contains("mounts[2].destination"), "{e}");
+        let e = plan_mount(1, &mount("bind", "/h", "/c", &["rro"]), Path::new("/b")).unwrap_err();
+        assert!(
+            e.to_string().contains("mounts[1].options") && e.to_string().contains("rro"),
+            "{e}"
+        );
+        let e = plan_mount(
+            3,
+            &mount("cgroup", "cgroup", "/sys/fs/cgroup", &[]),
+            Path::new("/b"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("mounts[3].type"), "{e}");
+    }
+}

@@ -1,0 +1,256 @@
+//! Applying the process part of the plan in the container's init, after pivot_root:
+//! rlimits, umask, privileges, user, capabilities, cwd, and the exec itself.
+
+use std::{
+    ffi::CString,
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+
+use crate::{
+    plan::{process::CapabilitiesPlan, ProcessPlan},
+    Error, Result,
+};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Finds the program to exec the way runc does: a name with a '/' is used as is, anything
+/// else is looked up in the container's $PATH. Errors read like runc's.
+pub fn resolve_executable(plan: &ProcessPlan) -> Result<PathBuf> {
+    let name = &plan.args[0];
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if name.contains('/') {
+        let p = Path::new(name);
+        return match std::fs::metadata(p) {
+            Err(e) => Err(Error::Init(format!("exec: {name:?}: stat {name}: {e}"))),
+            Ok(_) if !is_exec(p) => Err(Error::Init(format!("exec: {name:?}: permission denied"))),
+            Ok(_) => Ok(p.to_path_buf()),
+        };
+    }
+    let path_var = plan
+        .env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path_var
+        .split(':')
+        .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(name))
+        .find(|p| is_exec(p))
+        .ok_or_else(|| {
+            Error::Init(format!(
+                "exec: {name:?}: executable file not found in $PATH"
+            ))
+        })
+}
+
+pub fn set_rlimits(plan: &ProcessPlan) -> Result<()> {
+    for r in &plan.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: r.soft,
+            rlim_max: r.hard,
+        };
+        // SAFETY: setrlimit reads a valid rlimit struct.
+        if unsafe { libc::setrlimit(r.resource as _, &lim) } != 0 {
+            return Err(Error::Init(format!(
+                "process.rlimits: setrlimit({}, soft {}, hard {}): {}",
+                r.resource,
+                r.soft,
+                r.hard,
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn set_oom_score_adj(value: i32) -> Result<()> {
+    std::fs::write("/proc/self/oom_score_adj", value.to_string())
+        .map_err(|e| Error::Init(format!("process.oomScoreAdj: write {value}: {e}")))
+}
+
+fn cap_set(indices: &[u8]) -> CapsHashSet {
+    caps::all()
+        .into_iter()
+        .filter(|c: &Capability| indices.contains(&c.index()))
+        .collect()
+}
+
+fn caps_err(what: &str, e: caps::errors::CapsError) -> Error {
+    Error::Init(format!("process.capabilities: {what}: {e}"))
+}
+
+/// Switches to the spec's user and capability sets. Order matters: the bounding set is
+/// dropped while we still hold CAP_SETPCAP, KEEPCAPS carries the permitted set across
+/// setuid, and ambient capabilities come last because they need permitted+inheritable.
+pub fn switch_user_and_capabilities(plan: &ProcessPlan) -> Result<()> {
+    let caps = plan.capabilities.clone().unwrap_or_default();
+    let bounding = cap_set(&caps.bounding);
+    for c in caps::all() {
+        if !bounding.contains(&c) && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, c).map_err(|e| caps_err("drop bounding", e))?;
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        return Err(Error::Init(format!(
+            "prctl(PR_SET_KEEPCAPS): {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let gids: Vec<Gid> = plan
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    setgroups(&gids)
+        .map_err(|e| Error::Init(format!("process.user.additionalGids: setgroups: {e}")))?;
+    let gid = Gid::from_raw(plan.gid);
+    setresgid(gid, gid, gid)
+        .map_err(|e| Error::Init(format!("process.user.gid: setgid {gid}: {e}")))?;
+    let uid = Uid::from_raw(plan.uid);
+    setresuid(uid, uid, uid)
+        .map_err(|e| Error::Init(format!("process.user.uid: setuid {uid}: {e}")))?;
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+    apply_capability_sets(&caps)
+}
+
+/// Inheritable and effective shrink while the permitted set still holds everything they
+/// may name; permitted shrinks last (the kernel requires effective to stay a subset of it).
+fn apply_capability_sets(caps: &CapabilitiesPlan) -> Result<()> {
+    caps::set(None, CapSet::Inheritable, &cap_set(&caps.inheritable))
+        .map_err(|e| caps_err("set inheritable", e))?;
+    caps::set(None, CapSet::Effective, &cap_set(&caps.effective))
+        .map_err(|e| caps_err("set effective", e))?;
+    caps::set(None, CapSet::Permitted, &cap_set(&caps.permitted))
+        .map_err(|e| caps_err("set permitted", e))?;
+    caps::clear(None, CapSet::Ambient).map_err(|e| caps_err("clear ambient", e))?;
+    for c in cap_set(&caps.ambient) {
+        caps::raise(None, CapSet::Ambient, c)
+            .map_err(|e| caps_err(&format!("raise ambient {c}"), e))?;
+    }
+    Ok(())
+}
+
+pub fn set_no_new_privileges() -> Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(Error::Init(format!(
+            "process.noNewPrivileges: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+pub fn enter_cwd(plan: &ProcessPlan) -> Result<()> {
+    // Resolved after pivot_root, so the path is inside the container whatever it contains.
+    std::fs::create_dir_all(&plan.cwd).ok();
+    nix::unistd::chdir(&plan.cwd)
+        .map_err(|e| Error::Init(format!("process.cwd: chdir {}: {e}", plan.cwd.display())))
+}
+
+/// Everything execve needs, built before the point of no return.
+pub struct ExecArgs {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+impl ExecArgs {
+    pub fn new(path: &Path, plan: &ProcessPlan) -> Result<Self> {
+        let c = |s: &[u8], what: &str| {
+            CString::new(s).map_err(|_| Error::invalid(what, "contains a NUL byte"))
+        };
+        Ok(ExecArgs {
+            path: c(path.as_os_str().as_bytes(), "process.args")?,
+            argv: plan
+                .args
+                .iter()
+                .map(|a| c(a.as_bytes(), "process.args"))
+                .collect::<Result<_>>()?,
+            envp: plan
+                .env
+                .iter()
+                .map(|e| c(e.as_bytes(), "process.env"))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Replaces the process image. Only returns on failure.
+    pub fn exec(&self) -> Error {
+        let e = nix::unistd::execve(&self.path, &self.argv, &self.envp).unwrap_err();
+        Error::Init(format!("exec {:?}: {e}", self.path))
+    }
+}
+
+/// Marks every descriptor from 3 up close-on-exec, so that nothing of the shim's reaches
+/// the container's process (the CVE-2024-21626 class).
+pub fn close_fds_on_exec() -> Result<()> {
+    // SAFETY: close_range has no memory-safety preconditions.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r != 0 {
+        return Err(Error::Init(format!(
+            "close_range: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str], env: &[&str]) -> ProcessPlan {
+        ProcessPlan {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|s| s.to_string()).collect(),
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            umask: None,
+            rlimits: vec![],
+            capabilities: None,
+            no_new_privileges: false,
+            oom_score_adj: None,
+        }
+    }
+
+    #[test]
+    fn executable_lookup_follows_path_and_reports_like_runc() {
+        assert_eq!(
+            resolve_executable(&plan(&["sh"], &["PATH=/nonexistent:/bin"])).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        let e = resolve_executable(&plan(&["no-such-program-x"], &[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "exec: \"no-such-program-x\": executable file not found in $PATH"
+        );
+        let e = resolve_executable(&plan(&["/nonexistent"], &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("exec: \"/nonexistent\": stat /nonexistent"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! Loading and validating a bundle's `config.json`.
+
+use std::path::Path;
+
+use oci_spec::runtime::Spec;
+
+use crate::{Error, Result};
+
+/// The runtime-spec versions whose Linux fields this runtime understands.
+const SUPPORTED_MAJOR: u64 = 1;
+const MAX_MINOR: u64 = 3;
+
+/// Reads `<bundle>/config.json`, parses it and checks `ociVersion`.
+pub fn load(bundle: &Path) -> Result<Spec> {
+    let file = bundle.join("config.json");
+    let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+    parse(&bytes, &file)
+}
+
+/// Parses config.json bytes; `file` only names the source in errors.
+pub fn parse(bytes: &[u8], file: &Path) -> Result<Spec> {
+    let spec: Spec = serde_json::from_slice(bytes).map_err(|e| Error::SpecParse {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    check_version(spec.version())?;
+    Ok(spec)
+}
+
+fn check_version(version: &str) -> Result<()> {
+    let bad = || {
+        Error::invalid(
+            "ociVersion",
+            format!("unsupported version {version:?} (supported: 1.0.0 to 1.{MAX_MINOR}.x)"),
+        )
+    };
+    let core = version.split(['-', '+']).next().unwrap_or_default();
+    let mut parts = core.split('.').map(str::parse::<u64>);
+    let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    if major != SUPPORTED_MAJOR || minor > MAX_MINOR {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<Spec> {
+        parse(s.as_bytes(), Path::new("/b/config.json"))
+    }
+
+    #[test]
+    fn accepts_supported_versions() {
+        for v in ["1.0.0", "1.0.2-dev", "1.1.0", "1.2.1", "1.3.0"] {
+            let s = format!(r#"{{"ociVersion":"{v}","root":{{"path":"rootfs"}}}}"#);
+            parse_str(&s).unwrap_or_else(|e| panic!("{v}: {e}"));
+        }
+    }
+
+    #[test]
+    fn rejects_unsupported_versions_naming_the_field() {
+        for v in ["2.0.0", "0.9.0", "1.9.0", "banana", ""] {
+            let s = format!(r#"{{"ociVersion":"{v}"}}"#);
+            let err = parse_str(&s).unwrap_err().to_string();
+            assert!(err.contains("ociVersion"), "{v}: {err}");
+        }
+    }
+
+    #[test]
+    fn invalid_json_names_the_file() {
+        let err = parse_str("{not json").unwrap_err().to_string();
+        assert!(
+            err.starts_with("/b/config.json: invalid OCI runtime spec"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let err = load(Path::new("/nonexistent-bundle"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent-bundle/config.json"), "{err}");
+    }
+}

@@ -1,0 +1,75 @@
+//! What the shim persists about a container in its bundle, so that the `delete` action can
+//! clean up after a shim that died (kill what is left, free the cgroup, unmount the rootfs).
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{umount2, MntFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cgroups::{self, CgroupPlan},
+    Error, Result,
+};
+
+const STATE_FILE: &str = "shim-rs-state.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub pid: i32,
+    pub rootfs: PathBuf,
+    pub cgroup: CgroupPlan,
+}
+
+impl ContainerState {
+    pub fn save(&self, bundle: &Path) -> Result<()> {
+        let path = bundle.join(STATE_FILE);
+        let tmp = bundle.join(format!(".{STATE_FILE}.tmp"));
+        let bytes = serde_json::to_vec(self).map_err(|e| Error::Other(e.to_string()))?;
+        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    }
+
+    pub fn load(bundle: &Path) -> Result<Option<ContainerState>> {
+        let path = bundle.join(STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Other(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    pub fn remove(bundle: &Path) -> Result<()> {
+        let path = bundle.join(STATE_FILE);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Unmounts the rootfs (every layer stacked on it). Not being mounted is fine.
+pub fn unmount_rootfs(rootfs: &Path) -> Result<()> {
+    loop {
+        match umount2(rootfs, MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(()),
+            Err(e) => return Err(Error::sys(format!("unmount {}", rootfs.display()), e)),
+        }
+    }
+}
+
+/// Removes everything a container left: processes and cgroups, the rootfs mount and the
+/// state file. Safe to call any number of times.
+pub fn destroy(bundle: &Path) -> Result<Option<ContainerState>> {
+    let state = ContainerState::load(bundle)?;
+    if let Some(s) = &state {
+        cgroups::destroy(&s.cgroup)?;
+        unmount_rootfs(&s.rootfs)?;
+    }
+    unmount_rootfs(&bundle.join("rootfs"))?;
+    ContainerState::remove(bundle)?;
+    Ok(state)
+}

@@ -1,0 +1,14 @@
+//! The containerd side of containerd-shim-rs: the shim protocol (`start`, `delete`, `-info`,
+//! the daemon), the task service over ttrpc, the container handles it owns, their stdio, exit
+//! tracking and the ordered event stream back to containerd.
+
+pub mod container;
+pub mod error;
+pub mod events;
+pub mod exits;
+pub mod logger;
+pub mod protocol;
+pub mod service;
+pub mod stdio;
+
+pub use containerd_shim_protos as protos;

@@ -1,0 +1,261 @@
+//! The shim protocol: the `start` action (returns the daemon's address), the daemon itself,
+//! the `delete` action containerd runs after every container, `-info` and `-v`.
+//!
+//! `start` binds the ttrpc socket and then forks: the child becomes the daemon without a
+//! second exec, and the parent prints the address and exits. The listening socket already
+//! queues connections, so containerd can dial before the daemon has finished starting.
+
+use std::{
+    ffi::OsString,
+    io::Write,
+    os::{
+        fd::{AsRawFd, IntoRawFd},
+        unix::net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use containerd_shim::Flags;
+use containerd_shim_protos::{
+    api::DeleteResponse,
+    protobuf::{well_known_types::timestamp::Timestamp, Message, MessageField},
+    shim::shim_ttrpc::create_task,
+    ttrpc::Server,
+    types::introspection::{RuntimeInfo, RuntimeVersion},
+};
+use log::{error, info};
+use runtime::launch::Zygote;
+
+use crate::{
+    events::EventQueue,
+    exits::ExitMonitor,
+    logger,
+    service::{Service, ShutdownSignal},
+};
+
+pub const RUNTIME_NAME: &str = "io.containerd.rs.v1";
+/// Annotations that put several containers into one shim daemon (a pod).
+const GROUP_LABELS: [&str; 2] = [
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
+
+/// Entry point of the binary: returns the process exit code.
+pub fn main() -> i32 {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{RUNTIME_NAME}: {e}");
+            return 2;
+        }
+    };
+    if flags.version {
+        println!("{RUNTIME_NAME}:\n  Version: {}", env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
+    let result = if flags.info {
+        info()
+    } else {
+        match flags.action.as_str() {
+            "start" => start(&flags),
+            "delete" => delete(&flags),
+            "" => Err(
+                "no action given: containerd runs this binary with `start`, `delete` or -info"
+                    .into(),
+            ),
+            other => Err(format!("unknown action {other:?}")),
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{RUNTIME_NAME}: {e}");
+            1
+        }
+    }
+}
+
+fn info() -> Result<(), String> {
+    let info = RuntimeInfo {
+        name: RUNTIME_NAME.into(),
+        version: MessageField::some(RuntimeVersion {
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bytes = info.write_to_bytes().map_err(|e| e.to_string())?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| e.to_string())
+}
+
+fn bundle_dir(flags: &Flags) -> PathBuf {
+    if flags.bundle.is_empty() {
+        std::env::current_dir().unwrap_or_default()
+    } else {
+        PathBuf::from(&flags.bundle)
+    }
+}
+
+/// The group a container's shim belongs to: its pod, or the container alone.
+fn grouping(bundle: &Path, id: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Annotated {
+        #[serde(default)]
+        annotations: std::collections::HashMap<String, String>,
+    }
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Annotated>(&b).ok())
+        .and_then(|a| {
+            GROUP_LABELS
+                .iter()
+                .find_map(|l| a.annotations.get(*l).cloned())
+        })
+        .filter(|g| !g.is_empty())
+        .unwrap_or_else(|| id.to_owned())
+}
+
+fn start(flags: &Flags) -> Result<(), String> {
+    if flags.namespace.is_empty() || flags.id.is_empty() {
+        return Err("start needs -namespace and -id".into());
+    }
+    let ttrpc_address =
+        std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
+    let bundle = bundle_dir(flags);
+    let address = containerd_shim::socket_address(
+        &flags.address,
+        &flags.namespace,
+        &grouping(&bundle, &flags.id),
+    );
+    let path = PathBuf::from(address.trim_start_matches("unix://"));
+
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            // The group's daemon may already run: share it.
+            if UnixStream::connect(&path).is_ok() {
+                print!("{address}");
+                return Ok(());
+            }
+            std::fs::remove_file(&path)
+                .map_err(|e| format!("remove stale socket {}: {e}", path.display()))?;
+            UnixListener::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+            }
+            UnixListener::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))?
+        }
+        Err(e) => return Err(format!("bind {}: {e}", path.display())),
+    };
+
+    // SAFETY: nothing in this process has started a thread, so the child may run anything.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork shim daemon: {e}"))? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            print!("{address}");
+            let _ = std::io::stdout().flush();
+            Ok(())
+        }
+        nix::unistd::ForkResult::Child => {
+            let code = match daemon(flags, listener, &path, ttrpc_address) {
+                Ok(()) => 0,
+                Err(e) => {
+                    error!("shim daemon: {e}");
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
+    }
+}
+
+fn redirect(fd: i32, file: &std::fs::File) {
+    // SAFETY: dup2 between descriptors we own.
+    unsafe { libc::dup2(file.as_raw_fd(), fd) };
+}
+
+/// The long-lived daemon. Runs in the forked child of `start`, in the bundle directory.
+fn daemon(
+    flags: &Flags,
+    listener: UnixListener,
+    socket: &Path,
+    ttrpc_address: String,
+) -> Result<(), String> {
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    // containerd waits for EOF on our stdout: hand back its pipe, keep stderr for the log.
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| e.to_string())?;
+    redirect(0, &null);
+    redirect(1, &null);
+    match logger::init(flags.debug) {
+        Some(log_fifo) => redirect(2, &log_fifo),
+        None => redirect(2, &null),
+    }
+    drop(null);
+    // SAFETY: ignoring SIGPIPE has no preconditions; a vanished reader must not kill us.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+
+    // Still single-threaded here: the launcher must be forked before any thread exists.
+    // SAFETY: no thread has been started in this process.
+    let zygote = unsafe { Zygote::spawn() }.map_err(|e| e.to_string())?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+
+    let exits = ExitMonitor::start(
+        zygote
+            .take_exit_channel()
+            .ok_or("launcher exit channel missing")?,
+    );
+    let events = Arc::new(EventQueue::start(ttrpc_address, flags.namespace.clone()));
+    let shutdown = Arc::new(ShutdownSignal::default());
+    let service = Service::new(zygote, exits, events.clone(), shutdown.clone());
+    let mut server = Server::new()
+        .add_listener(listener.into_raw_fd())
+        .map_err(|e| format!("ttrpc listener: {e}"))?
+        .register_service(create_task(Arc::new(service)));
+    server.start().map_err(|e| format!("ttrpc server: {e}"))?;
+    info!(
+        "shim daemon {} serving {}",
+        std::process::id(),
+        socket.display()
+    );
+
+    shutdown.wait();
+    events.drain();
+    let _ = std::fs::remove_file(socket);
+    info!("shim daemon {} exiting", std::process::id());
+    // Exit without tearing down the server's threads: the socket is gone and nothing is pending.
+    std::process::exit(0)
+}
+
+/// The `delete` action: cleans up after a container whose shim is gone (or just finished).
+/// Idempotent and fast, since containerd runs it after every container.
+fn delete(flags: &Flags) -> Result<(), String> {
+    let bundle = bundle_dir(flags);
+    let state = runtime::state::destroy(&bundle).map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let response = DeleteResponse {
+        pid: state.map_or(0, |s| s.pid as u32),
+        exit_status: 128 + libc::SIGKILL as u32,
+        exited_at: MessageField::some(Timestamp {
+            seconds: now.as_secs() as i64,
+            nanos: now.subsec_nanos() as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bytes = response.write_to_bytes().map_err(|e| e.to_string())?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| e.to_string())
+}
