@@ -25,6 +25,8 @@ pub struct ProcessState {
     pub exit: Option<Exit>,
     /// Held until Start: the channel to the init that waits to exec.
     pub launched: Option<Launched>,
+    /// The background move of the init into its cgroup; Start waits for it.
+    pub cgroup_join: Option<std::thread::JoinHandle<runtime::Result<()>>>,
     /// TaskCreate went out; from now on an exit is published as TaskExit.
     pub announced: bool,
     /// The process exited before it was announced: publish its exit right after TaskCreate.
@@ -46,10 +48,23 @@ impl Default for Process {
                 status: Status::Created,
                 exit: None,
                 launched: None,
+                cgroup_join: None,
                 announced: false,
                 exit_unpublished: false,
             }),
             exited: Condvar::new(),
+        }
+    }
+}
+
+impl ProcessState {
+    /// Waits for the background cgroup move, if one is pending.
+    pub fn finish_cgroup_join(&mut self) -> runtime::Result<()> {
+        match self.cgroup_join.take() {
+            Some(h) => h.join().unwrap_or_else(|_| {
+                Err(runtime::Error::Other("cgroup join thread panicked".into()))
+            }),
+            None => Ok(()),
         }
     }
 }

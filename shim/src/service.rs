@@ -182,9 +182,15 @@ impl Service {
 
     fn launch(&self, req: &CreateTaskRequest, bundle: &Path, rootfs_mounted: bool) -> Result<u32> {
         let id = req.id.clone();
+        let t0 = std::time::Instant::now();
         let spec = runtime::spec::load(bundle)?;
         let plan = runtime::plan::build(&spec, bundle, &id, Layout::host())?;
         let io = stdio::open(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
+        let t_planned = t0.elapsed();
+        if let Err(e) = cgroups::create(&plan.cgroup) {
+            let _ = cgroups::destroy(&plan.cgroup);
+            return Err(e.into());
+        }
 
         let init = Arc::new(Process::default());
         let (watched, events, cid) = (init.clone(), self.events.clone(), id.clone());
@@ -199,12 +205,23 @@ impl Service {
                 s.exit_unpublished = true;
             }
         };
+        let t_cgroup = t0.elapsed();
         let launched = self.zygote.launch(&plan, io.fds(), |pid| {
             init.lock().pid = pid;
             self.exits.watch(pid, on_exit);
-        })?;
+        });
+        let launched = match launched {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = cgroups::destroy(&plan.cgroup);
+                return Err(e.into());
+            }
+        };
         drop(io);
         let pid = launched.pid;
+        let cgroup = plan.cgroup.clone();
+        init.lock().cgroup_join = Some(std::thread::spawn(move || cgroups::join(&cgroup, pid)));
+        let t_launched = t0.elapsed();
         let container = Arc::new(Container {
             id: id.clone(),
             bundle: bundle.to_path_buf(),
@@ -230,6 +247,7 @@ impl Service {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             init.wait();
+            let _ = init.lock().finish_cgroup_join();
             let _ = cgroups::destroy(&plan.cgroup);
             let _ = ContainerState::remove(bundle);
             return Err(e);
@@ -268,6 +286,11 @@ impl Service {
                 );
             }
         }
+        debug!(
+            "create {id}: planned after {t_planned:?}, cgroup after {t_cgroup:?}, init {pid} cloned after {:?}, ready after {:?}",
+            t_launched,
+            t0.elapsed()
+        );
         info!("created container {id} (pid {pid})");
         Ok(pid as u32)
     }
@@ -286,6 +309,11 @@ impl Service {
             Error::FailedPrecondition(format!("container {} cannot be started", req.id))
         })?;
         let pid = s.pid;
+        if let Err(e) = s.finish_cgroup_join() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return Err(Error::Runtime(e));
+        }
         launched.start()?;
         if s.status == Status::Created {
             s.status = Status::Running;
@@ -314,9 +342,10 @@ impl Service {
             }
             Status::Created => {
                 // Never started: the init waits on its channel; take it down.
-                let pid = c.init.lock().pid;
+                let mut s = c.init.lock();
+                let _ = s.finish_cgroup_join();
                 // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                unsafe { libc::kill(s.pid, libc::SIGKILL) };
             }
             Status::Stopped => {}
         }

@@ -321,8 +321,9 @@ fn inherit_cpuset(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates the cgroups, writes the device rules and moves the calling process into them.
-pub fn apply_and_join(plan: &CgroupPlan) -> Result<()> {
+/// Creates the cgroups and writes the device rules and resource limits. Cheap: no process
+/// moves yet (see [`join`]).
+pub fn create(plan: &CgroupPlan) -> Result<()> {
     for dir in &plan.dirs {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
@@ -346,8 +347,15 @@ pub fn apply_and_join(plan: &CgroupPlan) -> Result<()> {
         }
         write_file(&path, &w.value).map_err(|e| Error::invalid(&w.field, e.to_string()))?;
     }
+    Ok(())
+}
+
+/// Moves process `pid` (0: the caller) into every hierarchy of the container's cgroup.
+/// The first move may wait for an RCU grace period, which is why the shim does this in the
+/// background while the init builds its rootfs, and holds the exec until it is done.
+pub fn join(plan: &CgroupPlan, pid: i32) -> Result<()> {
     for dir in &plan.dirs {
-        write_file(&dir.join("cgroup.procs"), "0")?;
+        write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
     }
     Ok(())
 }

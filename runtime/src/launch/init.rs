@@ -13,7 +13,6 @@ use nix::{
 
 use super::{channel::Channel, InitMessage, ShimMessage};
 use crate::{
-    cgroups,
     plan::{LaunchPlan, NamespaceKind},
     process::{self, ExecArgs},
     rootfs, Error, Result,
@@ -32,6 +31,12 @@ pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
         Ok(Some((ShimMessage::Start, _))) => {}
         // The shim went away or deleted us before start.
         _ => std::process::exit(1),
+    }
+    // The shim has moved us into the container's cgroup by now: make it the namespace root.
+    if plan.namespaces.creates(NamespaceKind::Cgroup) {
+        if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP) {
+            fail(&channel, Error::sys("create cgroup namespace", e), 1);
+        }
     }
     // The container outlives a crashed shim, as with runc; containerd's `delete` cleans up.
     // SAFETY: prctl with integer arguments.
@@ -84,9 +89,7 @@ fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<ExecArgs> {
     }
     drop(stdio);
 
-    // Join the cgroup while the host's /sys/fs/cgroup is still visible, then make it the
-    // root of a new cgroup namespace.
-    cgroups::apply_and_join(&plan.cgroup)?;
+    // The shim creates the cgroup and moves us into it while we set up (see `Launched`).
     for (kind, path) in &plan.namespaces.join {
         if *kind == NamespaceKind::Pid {
             continue; // joined by the launcher, at clone time

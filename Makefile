@@ -1,0 +1,67 @@
+# containerd-shim-rs: build, install, demo, test, lint, bench.
+# The e2e tests and the demo need root (they start a private containerd).
+
+CARGO   ?= cargo
+PREFIX  ?= /usr/local
+BIN     := containerd-shim-rs-v1
+SHIM    ?= target/release/$(BIN)
+RUNTIME ?= io.containerd.rs.v1
+IMAGE   := localhost/shim-rs/busybox:latest
+HARNESS := tests/harness/containerd.sh
+DEMO_DIR := $(CURDIR)/.work/demo
+
+.PHONY: all build install demo demo-run test lint bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# No dependency on build: `sudo make install` after `make build` must not need cargo as root.
+install:
+	@test -x "$(SHIM)" || { echo "$(SHIM) missing: run 'make build' first" >&2; exit 1; }
+	install -D -m 0755 "$(SHIM)" "$(DESTDIR)$(PREFIX)/bin/$(BIN)"
+
+demo: build
+	@$(MAKE) --no-print-directory demo-run
+
+# The demo without the build step (RUNTIME and SHIM can be overridden).
+# Always stops the private containerd, also on failure.
+demo-run:
+	@set -eu; \
+	dir="$(DEMO_DIR)"; ns="demo-$$$$"; id="demo-$$$$"; \
+	test -x "$(SHIM)" || { echo "demo: $(SHIM) missing" >&2; exit 1; }; \
+	"$(HARNESS)" stop "$$dir"; \
+	trap '"$(HARNESS)" stop "$$dir"' EXIT; \
+	mkdir -p "$$dir/bin"; \
+	cp "$(SHIM)" "$$dir/bin/$(BIN)"; \
+	echo "demo: private containerd in $$dir, namespace $$ns"; \
+	CONTAINERD_NAMESPACE="$$ns" "$(HARNESS)" start "$$dir" "$$dir/bin"; \
+	echo "demo: ctr run --rm --runtime $(RUNTIME) $(IMAGE) $$id echo hello"; \
+	out="$$(timeout -s KILL 60 "$(HARNESS)" ctr "$$dir" -n "$$ns" \
+		run --rm --runtime "$(RUNTIME)" "$(IMAGE)" "$$id" echo hello)" || { \
+		rc=$$?; echo "demo: ctr run failed ($$rc): $$out" >&2; \
+		tail -n 20 "$$dir/containerd.log" >&2; exit 1; }; \
+	echo "$$out"; \
+	test "$$out" = hello || { echo "demo: expected 'hello', got '$$out'" >&2; exit 1; }; \
+	echo "demo: OK"
+
+# Unit tests and the e2e tests (tests/e2e_*.rs; those need root and fail, not skip, without it).
+test:
+	@if [ "$$(id -u)" != 0 ]; then echo "note: the e2e tests need root; they will fail as $$(id -un)" >&2; fi
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: build
+	@test -f tests/bench.sh || { echo "tests/bench.sh missing" >&2; exit 1; }
+	bash tests/bench.sh $(BENCH_ARGS)
+
+# Removes only what this Makefile and the harness made under .work (another
+# tool's live environment there is left alone).
+clean:
+	-@"$(HARNESS)" stop "$(DEMO_DIR)"
+	$(CARGO) clean
+	rm -rf --one-file-system .work/image .work/demo

@@ -1,0 +1,596 @@
+#!/usr/bin/env bash
+# containerd-shim-rs test environment: the single source of setup used by the
+# e2e tests (tests/common/mod.rs), `make demo` and the benchmarks.
+#
+#   containerd.sh image OUTDIR           build (or reuse) the busybox OCI image tarball,
+#                                        print its path
+#   containerd.sh start WORKDIR [BINDIR] private containerd in WORKDIR, BINDIR first on PATH
+#   containerd.sh stop  WORKDIR          stop it, kill what provably belongs to it, remove WORKDIR
+#   containerd.sh ctr   WORKDIR ARGS...  ctr --address WORKDIR/containerd.sock ARGS...
+#   containerd.sh info  WORKDIR          print WORKDIR/env (binaries, address, pid)
+#
+# Environment:
+#   CONTAINERD_BIN        containerd binary (default: `containerd` on PATH)
+#   CTR_BIN               ctr binary (default: ctr next to CONTAINERD_BIN, else on PATH)
+#   CONTAINERD_NAMESPACE  namespace `start` imports the image into (default: default);
+#                         ctr itself honours this variable too
+#   CONTAINERD_LOG_LEVEL  containerd log level (default: info)
+#   SHIM_RS_IMAGE_DIR     image cache dir used by `start` (default: <repo>/.work/image)
+#   SHIM_RS_START_TIMEOUT seconds to wait for containerd to answer (default: 30)
+#   BUSYBOX               static busybox to put in the image (default: /bin/busybox)
+#
+# Everything here is bounded in time and touches only what it can prove is
+# its own: processes are found through WORKDIR paths, never by name.
+set -euo pipefail
+
+IMAGE_NAME="localhost/shim-rs/busybox:latest"
+IMAGE_FILE="busybox.oci.tar"
+# Bump when the image layout produced below changes (invalidates caches).
+IMAGE_RECIPE=3
+MARKER=".shim-rs-harness"
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$SCRIPT_DIR/../.." && pwd)"
+
+die() { echo "containerd.sh: $*" >&2; exit 1; }
+warn() { echo "containerd.sh: $*" >&2; }
+
+usage() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep -v '^set ' | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+# Absolute, normalised, and refuses dangerous values.
+abs_workdir() {
+    local w="${1:-}"
+    [[ -n "$w" ]] || die "WORKDIR missing"
+    case "$w" in /*) ;; *) w="$PWD/$w" ;; esac
+    w="$(realpath -m -- "$w")"
+    case "$w" in
+        / | /tmp | /run | /var | /var/tmp | /usr | /etc | /home | /root | /work)
+            die "refusing WORKDIR $w" ;;
+    esac
+    printf '%s\n' "$w"
+}
+
+containerd_bin() {
+    local b="${CONTAINERD_BIN:-containerd}"
+    if [[ "$b" != */* ]]; then
+        b="$(command -v "$b" 2>/dev/null)" || die "containerd not found on PATH (install containerd or set CONTAINERD_BIN)"
+    fi
+    [[ -x "$b" ]] || die "CONTAINERD_BIN=$b is not executable"
+    printf '%s\n' "$(realpath -- "$b")"
+}
+
+ctr_bin() {
+    if [[ -n "${CTR_BIN:-}" ]]; then
+        local c="$CTR_BIN"
+        [[ "$c" == */* ]] || c="$(command -v "$c" 2>/dev/null)" || die "CTR_BIN=$CTR_BIN not found"
+        [[ -x "$c" ]] || die "CTR_BIN=$c is not executable"
+        printf '%s\n' "$c"
+        return
+    fi
+    local d
+    d="$(dirname "$(containerd_bin)")"
+    if [[ -x "$d/ctr" ]]; then
+        printf '%s\n' "$d/ctr"
+    else
+        command -v ctr 2>/dev/null || die "ctr not found (set CTR_BIN)"
+    fi
+}
+
+go_arch() {
+    case "$(uname -m)" in
+        x86_64) echo amd64 ;;
+        aarch64 | arm64) echo arm64 ;;
+        armv7l) echo arm ;;
+        ppc64le) echo ppc64le ;;
+        s390x) echo s390x ;;
+        riscv64) echo riscv64 ;;
+        *) die "unsupported architecture $(uname -m)" ;;
+    esac
+}
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# ---------------------------------------------------------------- image ---
+
+# Writes the OCI layout tarball into $1 (atomically); caller holds the lock.
+build_image() {
+    local out="$1" bb="$2" arch="$3"
+    local tmp="$4"
+
+    local rootfs="$tmp/rootfs"
+    mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,root,run,var/tmp,home}
+    mkdir -p "$rootfs/tmp"
+    chmod 1777 "$rootfs/tmp" "$rootfs/var/tmp"
+    chmod 0700 "$rootfs/root"
+    install -m 0755 "$bb" "$rootfs/bin/busybox"
+
+    # Symlinks for every applet at the place busybox itself would install it.
+    local applet
+    while IFS= read -r applet; do
+        [[ -n "$applet" && "$applet" != "bin/busybox" ]] || continue
+        mkdir -p "$rootfs/$(dirname "$applet")"
+        [[ -e "$rootfs/$applet" || -L "$rootfs/$applet" ]] || ln -s /bin/busybox "$rootfs/$applet"
+    done < <("$bb" --list-full)
+    # The applets the tests rely on must be there.
+    local a
+    for a in sh echo true false sleep cat ls id hostname mount ps head dd wc sha256sum env kill grep; do
+        [[ -L "$rootfs/bin/$a" || -L "$rootfs/usr/bin/$a" || -L "$rootfs/sbin/$a" || -L "$rootfs/usr/sbin/$a" ]] ||
+            ln -s /bin/busybox "$rootfs/bin/$a"
+    done
+
+    cat >"$rootfs/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+    cat >"$rootfs/etc/group" <<'EOF'
+root:x:0:
+nobody:x:65534:
+EOF
+    chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group"
+
+    local blobs="$tmp/layout/blobs/sha256"
+    mkdir -p "$blobs"
+
+    # Layer: reproducible tar (sorted, fixed owner and mtime), gzip without name/time.
+    local -a entries
+    mapfile -t entries < <(cd "$rootfs" && find . -mindepth 1 -maxdepth 1 -printf '%P\n' | LC_ALL=C sort)
+    tar -C "$rootfs" --sort=name --owner=0 --group=0 --numeric-owner \
+        --mtime='@0' --format=posix --pax-option='exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime' \
+        -cf "$tmp/layer.tar" "${entries[@]}"
+    local diff_id
+    diff_id="$(sha256_of "$tmp/layer.tar")"
+    gzip -n -6 <"$tmp/layer.tar" >"$tmp/layer.tar.gz"
+    local layer_digest layer_size
+    layer_digest="$(sha256_of "$tmp/layer.tar.gz")"
+    layer_size="$(stat -c %s "$tmp/layer.tar.gz")"
+    mv "$tmp/layer.tar.gz" "$blobs/$layer_digest"
+
+    # Config.
+    printf '%s' \
+        '{"architecture":"'"$arch"'","os":"linux",' \
+        '"created":"1970-01-01T00:00:00Z",' \
+        '"config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],' \
+        '"Cmd":["/bin/sh"],"WorkingDir":"/"},' \
+        '"rootfs":{"type":"layers","diff_ids":["sha256:'"$diff_id"'"]},' \
+        '"history":[{"created":"1970-01-01T00:00:00Z","created_by":"containerd-shim-rs tests/harness/containerd.sh: busybox-static"}]}' \
+        >"$tmp/config.json"
+    local config_digest config_size
+    config_digest="$(sha256_of "$tmp/config.json")"
+    config_size="$(stat -c %s "$tmp/config.json")"
+    mv "$tmp/config.json" "$blobs/$config_digest"
+
+    # Manifest.
+    printf '%s' \
+        '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",' \
+        '"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:'"$config_digest"'","size":'"$config_size"'},' \
+        '"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'"$layer_digest"'","size":'"$layer_size"'}]}' \
+        >"$tmp/manifest.json"
+    local manifest_digest manifest_size
+    manifest_digest="$(sha256_of "$tmp/manifest.json")"
+    manifest_size="$(stat -c %s "$tmp/manifest.json")"
+    mv "$tmp/manifest.json" "$blobs/$manifest_digest"
+
+    # Index + layout marker.
+    printf '%s' \
+        '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",' \
+        '"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$manifest_digest"'","size":'"$manifest_size"',' \
+        '"platform":{"architecture":"'"$arch"'","os":"linux"},' \
+        '"annotations":{"io.containerd.image.name":"'"$IMAGE_NAME"'","org.opencontainers.image.ref.name":"latest"}}]}' \
+        >"$tmp/layout/index.json"
+    printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$tmp/layout/oci-layout"
+
+    tar -C "$tmp/layout" --sort=name --owner=0 --group=0 --numeric-owner --mtime='@0' \
+        -cf "$tmp/$IMAGE_FILE" oci-layout index.json blobs
+    mv -f "$tmp/$IMAGE_FILE" "$out/$IMAGE_FILE"
+}
+
+cmd_image() {
+    [[ $# -eq 1 ]] || usage
+    local out="$1"
+    mkdir -p "$out"
+    out="$(realpath -- "$out")"
+    local bb="${BUSYBOX:-/bin/busybox}"
+    [[ -x "$bb" ]] || die "$bb not found: apt-get install busybox-static"
+    if ldd "$bb" >/dev/null 2>&1; then
+        die "$bb is dynamically linked; the image needs busybox-static"
+    fi
+    local arch stamp
+    arch="$(go_arch)"
+    stamp="recipe=$IMAGE_RECIPE busybox=$(sha256_of "$bb") arch=$arch name=$IMAGE_NAME"
+    (
+        flock -w 120 9 || die "timed out waiting for the image lock in $out"
+        if [[ -f "$out/$IMAGE_FILE" && -f "$out/$IMAGE_FILE.stamp" ]] &&
+            [[ "$(cat "$out/$IMAGE_FILE.stamp")" == "$stamp" ]]; then
+            exit 0
+        fi
+        rm -f "$out/$IMAGE_FILE.stamp"
+        tmp="$(mktemp -d "$out/.build.XXXXXX")"
+        # shellcheck disable=SC2064
+        trap "rm -rf '$tmp'" EXIT
+        build_image "$out" "$bb" "$arch" "$tmp"
+        printf '%s\n' "$stamp" >"$out/$IMAGE_FILE.stamp.tmp"
+        mv -f "$out/$IMAGE_FILE.stamp.tmp" "$out/$IMAGE_FILE.stamp"
+    ) 9>"$out/.lock"
+    printf '%s\n' "$out/$IMAGE_FILE"
+}
+
+# ---------------------------------------------------------------- start ---
+
+write_config() {
+    local w="$1" level="$2"
+    cat >"$w/config.toml" <<EOF
+# Written by tests/harness/containerd.sh: a private containerd for tests.
+version = 2
+root = "$w/root"
+state = "$w/state"
+# No CRI for now; NRI (containerd >= 1.7) would share /var/run/nri/nri.sock.
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
+
+[grpc]
+  address = "$w/containerd.sock"
+
+[ttrpc]
+  address = "$w/containerd.sock.ttrpc"
+
+[debug]
+  address = ""
+  level = "$level"
+
+[metrics]
+  address = ""
+
+# The default snapshotter (overlayfs) keeps its data under root; opt would
+# default to the machine-wide /opt/containerd.
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "$w/opt"
+EOF
+}
+
+# True when directory $1 holds nothing but what a caller may prepare: bin/, owner.
+only_caller_files() {
+    local f
+    for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+        [[ -e "$f" || -L "$f" ]] || continue
+        case "${f##*/}" in bin | owner) ;; *) return 1 ;; esac
+    done
+    return 0
+}
+
+# Alive and not a zombie (our pid 1 may reap late).
+pid_alive() {
+    [[ -n "${1:-}" ]] || return 1
+    local st
+    st="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    st="${st##*) }"
+    [[ "${st:0:1}" != Z && "${st:0:1}" != X ]]
+}
+
+# True when pid $1 is the containerd started for WORKDIR $2 (guards against pid reuse).
+is_our_containerd() {
+    local pid="$1" w="$2"
+    pid_alive "$pid" || return 1
+    local cmdline
+    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    [[ "$cmdline" == *"--config $w/config.toml"* ]]
+}
+
+cmd_start() {
+    [[ $# -ge 1 && $# -le 2 ]] || usage
+    [[ "$(id -u)" == 0 ]] || die "must run as root"
+    local w bindir=""
+    w="$(abs_workdir "$1")"
+    if [[ $# -eq 2 ]]; then
+        bindir="$(realpath -- "$2")" || die "BINDIR $2 not found"
+        [[ -d "$bindir" ]] || die "BINDIR $bindir is not a directory"
+    fi
+    local cbin ctr ns level timeout
+    cbin="$(containerd_bin)"
+    ctr="$(ctr_bin)"
+    ns="${CONTAINERD_NAMESPACE:-default}"
+    level="${CONTAINERD_LOG_LEVEL:-info}"
+    timeout="${SHIM_RS_START_TIMEOUT:-30}"
+
+    # unix socket paths are limited to 107 bytes; leave room for ".ttrpc".
+    (( ${#w} + 22 <= 107 )) || die "WORKDIR path too long for a unix socket: $w"
+
+    if [[ -f "$w/containerd.pid" ]] && is_our_containerd "$(cat "$w/containerd.pid")" "$w"; then
+        die "a containerd is already running for $w (pid $(cat "$w/containerd.pid"))"
+    fi
+    # WORKDIR must be new, empty, ours already, or hold only the caller's bin/
+    # (BINDIR) and owner file.
+    if [[ -e "$w" && ! -e "$w/$MARKER" ]] && ! only_caller_files "$w"; then
+        die "$w exists, is not empty and was not made by this script"
+    fi
+    mkdir -p "$w"
+    : >"$w/$MARKER"
+    mkdir -p "$w/root" "$w/state" "$w/opt"
+    write_config "$w" "$level"
+
+    local image
+    image="$(cmd_image "${SHIM_RS_IMAGE_DIR:-$REPO_DIR/.work/image}")"
+
+    local path="$PATH"
+    [[ -n "$bindir" ]] && path="$bindir:$PATH"
+
+    # setsid: own session, so the caller's terminal signals do not reach it;
+    # std fds point at the log so no caller pipe is held open.
+    PATH="$path" setsid "$cbin" --config "$w/config.toml" \
+        </dev/null >>"$w/containerd.log" 2>&1 &
+    local pid=$!
+    echo "$pid" >"$w/containerd.pid"
+    {
+        echo "CONTAINERD_BIN=$cbin"
+        echo "CTR_BIN=$ctr"
+        echo "ADDRESS=$w/containerd.sock"
+        echo "NAMESPACE=$ns"
+        echo "IMAGE=$IMAGE_NAME"
+        echo "IMAGE_TAR=$image"
+        echo "BINDIR=$bindir"
+        echo "PID=$pid"
+    } >"$w/env"
+
+    local deadline=$((SECONDS + timeout))
+    until "$ctr" --address "$w/containerd.sock" --timeout 2s version >/dev/null 2>&1; do
+        if ! pid_alive "$pid"; then
+            warn "containerd exited during startup (run: $0 stop $w); last log lines:"
+            tail -n 30 "$w/containerd.log" >&2 || true
+            exit 1
+        fi
+        if ((SECONDS >= deadline)); then
+            warn "containerd did not answer within ${timeout}s (run: $0 stop $w); last log lines:"
+            tail -n 30 "$w/containerd.log" >&2 || true
+            exit 1
+        fi
+        sleep 0.05
+    done
+
+    # setsid must not have forked: the recorded pid is containerd itself.
+    is_our_containerd "$pid" "$w" || die "pid $pid in $w/containerd.pid is not our containerd"
+
+    local out
+    if ! out="$(timeout -s KILL 120 "$ctr" --address "$w/containerd.sock" -n "$ns" \
+        images import "$image" 2>&1)"; then
+        warn "image import failed: $out"
+        exit 1
+    fi
+    if ! "$ctr" --address "$w/containerd.sock" -n "$ns" images ls -q | grep -qxF "$IMAGE_NAME"; then
+        warn "image $IMAGE_NAME missing after import: $out"
+        exit 1
+    fi
+}
+
+# ----------------------------------------------------------------- stop ---
+
+# Processes provably belonging to WORKDIR $1, one "PID KIND" per line:
+#  - shim:      its argv has "-address $1/containerd.sock" (how containerd starts shims);
+#  - container: its root directory is under $1/ (chroot), or it lives in another mount
+#               namespace whose root mount names a path under $1/ (overlay lower/upperdir
+#               of our snapshotter), or it descends from one of our shims.
+# Zombies are skipped (nothing to kill).
+our_pids() {
+    local w="$1" p pid i n root selfns st state ppid line
+    local -a argv fields
+    local -A ppid_of=() kind_of=()
+    selfns="$(readlink /proc/self/ns/mnt)"
+    for p in /proc/[0-9]*; do
+        pid="${p#/proc/}"
+        [[ "$pid" == "$$" || "$pid" == "$BASHPID" ]] && continue
+        st="$(cat "$p/stat" 2>/dev/null)" || continue
+        st="${st##*) }"
+        read -r -a fields <<<"$st"
+        state="${fields[0]:-}"
+        ppid="${fields[1]:-0}"
+        [[ "$state" == Z || "$state" == X || -z "$state" ]] && continue
+        ppid_of[$pid]="$ppid"
+        argv=()
+        mapfile -d '' -t argv <"$p/cmdline" 2>/dev/null || continue
+        n=${#argv[@]}
+        for ((i = 0; i < n; i++)); do
+            if [[ "${argv[i]}" == "-address=$w/containerd.sock" ||
+                ("${argv[i]}" == -address && "${argv[i + 1]:-}" == "$w/containerd.sock") ]]; then
+                kind_of[$pid]=shim
+                continue 2
+            fi
+        done
+        root="$(readlink "$p/root" 2>/dev/null)" || continue
+        if [[ "$root" == "$w/"* ]]; then
+            kind_of[$pid]=container
+            continue
+        fi
+        if [[ "$(readlink "$p/ns/mnt" 2>/dev/null)" != "$selfns" ]]; then
+            while IFS= read -r line; do
+                # field 5 is the mount point; the root mount of that namespace
+                line=" $line "
+                read -r -a fields <<<"$line"
+                if [[ "${fields[4]:-}" == / && "$line" == *"$w/"* ]]; then
+                    kind_of[$pid]=container
+                    break
+                fi
+            done <"$p/mountinfo" 2>/dev/null || true
+        fi
+    done
+    # Descendants of our shims (containers are children of their shim).
+    local a depth
+    for pid in "${!ppid_of[@]}"; do
+        [[ -n "${kind_of[$pid]:-}" ]] && continue
+        a="${ppid_of[$pid]}"
+        for ((depth = 0; depth < 64 && a > 1; depth++)); do
+            if [[ "${kind_of[$a]:-}" == shim ]]; then
+                kind_of[$pid]=container
+                break
+            fi
+            a="${ppid_of[$a]:-0}"
+        done
+    done
+    for pid in "${!kind_of[@]}"; do
+        echo "$pid ${kind_of[$pid]}"
+    done
+}
+
+# Mount points under $1, deepest first (mountinfo field 5, octal escapes decoded).
+mounts_under() {
+    local w="$1"
+    awk '{print $5}' /proc/self/mountinfo |
+        while IFS= read -r m; do
+            m="$(printf '%b' "$m")"
+            [[ "$m" == "$w" || "$m" == "$w/"* ]] && printf '%s\n' "$m"
+        done |
+        awk '{print length($0) "\t" $0}' | sort -rn | cut -f2-
+}
+
+cmd_stop() {
+    [[ $# -eq 1 ]] || usage
+    local w
+    w="$(abs_workdir "$1")"
+    [[ -e "$w" ]] || return 0
+    if [[ ! -e "$w/$MARKER" ]]; then
+        # A caller-prepared WORKDIR whose `start` never ran: only bin/ and owner.
+        if only_caller_files "$w"; then
+            rm -rf --one-file-system -- "$w"
+            return 0
+        fi
+        die "$w was not made by this script ($MARKER missing); not touching it"
+    fi
+
+    # 1. containerd: TERM, then KILL after 10s; only the one recorded for this WORKDIR.
+    local pid=""
+    [[ -f "$w/containerd.pid" ]] && pid="$(cat "$w/containerd.pid")"
+    if [[ -n "$pid" ]] && is_our_containerd "$pid" "$w"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        local i
+        for ((i = 0; i < 200; i++)); do
+            pid_alive "$pid" || break
+            sleep 0.05
+        done
+        if pid_alive "$pid"; then
+            warn "containerd $pid ignored SIGTERM; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            for ((i = 0; i < 100; i++)); do
+                pid_alive "$pid" || break
+                sleep 0.05
+            done
+        fi
+        pid_alive "$pid" && warn "containerd $pid still alive"
+    fi
+
+    # 2. Container processes, then shims. Repeat: a shim may spawn while we look.
+    local round line p kind left
+    for ((round = 0; round < 20; round++)); do
+        left=0
+        while read -r p kind; do
+            [[ -n "$p" ]] || continue
+            left=1
+            if [[ "$kind" == container ]]; then kill -KILL "$p" 2>/dev/null || true; fi
+        done < <(our_pids "$w")
+        ((left)) || break
+        sleep 0.05
+        while read -r p kind; do
+            [[ -n "$p" ]] || continue
+            kill -KILL "$p" 2>/dev/null || true
+        done < <(our_pids "$w")
+        sleep 0.1
+    done
+    if [[ -n "$(our_pids "$w")" ]]; then
+        warn "processes of $w still alive: $(our_pids "$w" | tr '\n' ' ')"
+    fi
+
+    # 3. Shared state under /run/containerd that belongs to our bundles: the shim
+    #    socket recorded in each bundle's "address" file, runtime state dirs
+    #    /run/containerd/<runtime>/<ns>/<id>, and empty cgroups <ns>/<id>.
+    local b ns id addr sock d
+    for b in "$w"/state/io.containerd.runtime.v2.task/*/*; do
+        [[ -d "$b" ]] || continue
+        id="$(basename "$b")"
+        ns="$(basename "$(dirname "$b")")"
+        if [[ -f "$b/address" ]]; then
+            addr="$(cat "$b/address" 2>/dev/null || true)"
+            sock="${addr#unix://}"
+            case "$sock" in
+                /run/containerd/s/*) [[ -S "$sock" ]] && rm -f -- "$sock" ;;
+            esac
+        fi
+        for d in /run/containerd/*/"$ns"/"$id"; do
+            [[ -e "$d" && "$d" != /run/containerd/s/* ]] || continue
+            rm -rf --one-file-system -- "$d"
+            rmdir -- "$(dirname "$d")" 2>/dev/null || true
+        done
+        for d in /sys/fs/cgroup/*/"$ns"/"$id" /sys/fs/cgroup/"$ns"/"$id"; do
+            [[ -d "$d" ]] || continue
+            rmdir -- "$d" 2>/dev/null || true
+            rmdir -- "$(dirname "$d")" 2>/dev/null || true
+        done
+    done
+
+    # Per-namespace dirs left empty by runtimes (/run/containerd/runc/<ns>, cgroup
+    # <ns>): rmdir only, so anything still in use by someone else stays.
+    for b in "$w"/state/io.containerd.runtime.v2.task/*; do
+        [[ -d "$b" ]] || continue
+        ns="$(basename "$b")"
+        for d in /run/containerd/*/"$ns" /sys/fs/cgroup/*/"$ns" /sys/fs/cgroup/"$ns"; do
+            [[ -d "$d" && "$d" != /run/containerd/s/* ]] || continue
+            rmdir -- "$d" 2>/dev/null || true
+        done
+    done
+
+    # 4. Unmount everything under WORKDIR, deepest first, lazily; repeat for stacked mounts.
+    local m
+    for ((round = 0; round < 10; round++)); do
+        left=0
+        while IFS= read -r m; do
+            [[ -n "$m" ]] || continue
+            left=1
+            umount -l -- "$m" 2>/dev/null || warn "umount -l $m failed"
+        done < <(mounts_under "$w")
+        ((left)) || break
+    done
+    if [[ -n "$(mounts_under "$w")" ]]; then
+        die "mounts left under $w: $(mounts_under "$w" | tr '\n' ' ')"
+    fi
+
+    # 5. Remove WORKDIR (never crossing into another filesystem).
+    rm -rf --one-file-system -- "$w"
+    [[ ! -e "$w" ]] || die "could not remove $w"
+}
+
+# ------------------------------------------------------------------ ctr ---
+
+cmd_ctr() {
+    [[ $# -ge 1 ]] || usage
+    local w ctr
+    w="$(abs_workdir "$1")"
+    shift
+    if [[ -f "$w/env" ]]; then
+        ctr="$(sed -n 's/^CTR_BIN=//p' "$w/env")"
+    else
+        ctr="$(ctr_bin)"
+    fi
+    exec "$ctr" --address "$w/containerd.sock" "$@"
+}
+
+cmd_info() {
+    [[ $# -eq 1 ]] || usage
+    local w
+    w="$(abs_workdir "$1")"
+    cat "$w/env"
+}
+
+main() {
+    [[ $# -ge 1 ]] || usage
+    local cmd="$1"
+    shift
+    case "$cmd" in
+        image) cmd_image "$@" ;;
+        start) cmd_start "$@" ;;
+        stop) cmd_stop "$@" ;;
+        ctr) cmd_ctr "$@" ;;
+        info) cmd_info "$@" ;;
+        -h | --help | help) usage ;;
+        *) usage ;;
+    esac
+}
+
+main "$@"
