@@ -10,9 +10,16 @@ IMAGE   := localhost/shim-rs/busybox:latest
 HARNESS := tests/harness/containerd.sh
 DEMO_DIR := $(CURDIR)/.work/demo
 
-.PHONY: all build install demo demo-run test lint bench clean
+.PHONY: all deps build install demo demo-run test lint bench clean
 
 all: build
+
+# Debian/Ubuntu packages the demo, tests and benchmarks need (run as root). The Rust
+# toolchain (cargo, rustfmt, clippy) comes from rustup.
+DEB_PACKAGES := containerd runc busybox-static hyperfine strace jq libseccomp-dev pkg-config make
+deps:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES)
 
 build:
 	$(CARGO) build --release
