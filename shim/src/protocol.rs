@@ -133,6 +133,8 @@ fn start(flags: &Flags) -> Result<(), String> {
     );
     let path = PathBuf::from(address.trim_start_matches("unix://"));
 
+    // Recorded for the `delete` action, which removes the socket of a daemon that died.
+    let _ = std::fs::write(bundle.join("address"), &address);
     let listener = match UnixListener::bind(&path) {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -236,11 +238,24 @@ fn daemon(
     std::process::exit(0)
 }
 
+/// Removes the shim socket recorded in the bundle if no daemon answers on it any more
+/// (a live daemon may still serve other containers of its group).
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = Path::new(address.trim().trim_start_matches("unix://"));
+    if !path.as_os_str().is_empty() && UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// The `delete` action: cleans up after a container whose shim is gone (or just finished).
 /// Idempotent and fast, since containerd runs it after every container.
 fn delete(flags: &Flags) -> Result<(), String> {
     let bundle = bundle_dir(flags);
     let state = runtime::state::destroy(&bundle).map_err(|e| e.to_string())?;
+    remove_dead_socket(&bundle);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

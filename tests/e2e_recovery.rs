@@ -1,0 +1,156 @@
+//! What containerd relies on when things go wrong: the `delete` action after a shim
+//! dies, and Create errors that name the bad field and leave nothing behind.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::time::Duration;
+
+/// The shim daemon serving container `id`: our binary, started with `-id ID`, and not the
+/// launcher (which renames itself `shim-rs-launch`).
+fn shim_daemon_pid(id: &str) -> Option<i32> {
+    let needle = format!("\0-id\0{id}\0");
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+        if cmdline.starts_with(env().shim_bin.to_str().unwrap())
+            && cmdline.contains(&needle)
+            && comm.trim() != "shim-rs-launch"
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn task_pid(id: &str) -> i32 {
+    let out = ctr_list(&["task", "ls"]);
+    out.lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id)).then(|| f[1].parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no task {id} in:\n{out}"))
+}
+
+/// A SIGKILLed shim: containerd runs our `delete` action, which must kill the container
+/// (from the state saved in the bundle), remove its cgroup and unmount its rootfs.
+#[test]
+fn delete_action_cleans_up_after_a_killed_shim() {
+    if !testing_our_shim() {
+        return; // the stock shims have their own recovery; this tests ours
+    }
+    let _serial = shared();
+    let id = unique_id("crash");
+    ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        &runtime(),
+        IMAGE,
+        &id,
+        "sleep",
+        "300",
+    ]);
+    let container_pid = task_pid(&id);
+    let shim = shim_daemon_pid(&id).expect("shim daemon process");
+    // SAFETY: kill(2); the pid is the shim daemon this test started through containerd.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+
+    let gone = wait_until(Duration::from_secs(15), || {
+        !std::path::Path::new(&format!("/proc/{container_pid}")).exists()
+            || fs::read_to_string(format!("/proc/{container_pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+    });
+    assert!(
+        gone,
+        "container process {container_pid} survived its shim's death\n{}",
+        containerd_log_tail(30)
+    );
+    // containerd 1.6 deletes the task of a dead shim itself (after our `delete` action).
+    let stopped = wait_until(Duration::from_secs(15), || {
+        matches!(task_status(&id).as_deref(), None | Some("STOPPED"))
+    });
+    assert!(
+        stopped,
+        "task still {:?} after shim death\n{}",
+        task_status(&id),
+        containerd_log_tail(30)
+    );
+    let _ = ctr(&["task", "delete", &id]);
+    ctr_ok(&["container", "rm", &id]);
+    assert_no_leftovers(&id);
+}
+
+/// A config.json error is reported by field to the `ctr` user and leaves nothing.
+#[test]
+fn invalid_spec_field_fails_create_naming_it() {
+    if !testing_our_shim() {
+        return; // the message is ours
+    }
+    let _serial = shared();
+    let id = unique_id("badspec");
+    // A relative cwd is invalid per the runtime spec.
+    let out = ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        &runtime(),
+        "--cwd",
+        "relative/dir",
+        IMAGE,
+        &id,
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "create with a relative cwd succeeded"
+    );
+    assert!(
+        err.contains("process.cwd"),
+        "error does not name process.cwd: {err}"
+    );
+    let _ = ctr(&["container", "rm", &id]);
+    assert_no_leftovers(&id);
+}
+
+/// An unimplemented RPC answers UNIMPLEMENTED (not NOT_FOUND, the generated default).
+#[test]
+fn unimplemented_rpc_says_so() {
+    if !testing_our_shim() {
+        return;
+    }
+    let _serial = shared();
+    let id = unique_id("unimpl");
+    ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        &runtime(),
+        IMAGE,
+        &id,
+        "sleep",
+        "300",
+    ]);
+    let out = ctr(&["task", "pause", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "pause succeeded?");
+    assert!(err.contains("not implemented"), "pause error: {err}");
+    ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    assert!(wait_until(Duration::from_secs(10), || task_status(&id)
+        .as_deref()
+        == Some("STOPPED")));
+    ctr_ok(&["task", "delete", &id]);
+    ctr_ok(&["container", "rm", &id]);
+    assert_no_leftovers(&id);
+}
