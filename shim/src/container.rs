@@ -1,14 +1,16 @@
-//! The containers a shim daemon owns: their init process, its state machine
-//! (created -> running -> stopped) and everything needed to tear them down.
+//! The containers a shim daemon owns: their init and exec processes, the process state
+//! machine (created -> running -> stopped), the order of their exit events, and everything
+//! needed to tear them down.
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
-    sync::{Condvar, Mutex, MutexGuard},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
 };
 
 use runtime::{
-    cgroups::CgroupPlan,
     launch::{Exit, Launched},
+    plan::{LaunchPlan, ProcessPlan},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +29,11 @@ pub struct ProcessState {
     pub launched: Option<Launched>,
     /// The background move of the init into its cgroup; Start waits for it.
     pub cgroup_join: Option<std::thread::JoinHandle<runtime::Result<()>>>,
-    /// TaskCreate went out; from now on an exit is published as TaskExit.
+    /// TaskCreate (init) or TaskExecStarted (exec) went out; from now on an exit is
+    /// published as TaskExit.
     pub announced: bool,
+    /// An exec's Start is under way (its launch happens without the lock held).
+    pub starting: bool,
     /// The process exited before it was announced: publish its exit right after TaskCreate.
     pub exit_unpublished: bool,
 }
@@ -50,6 +55,7 @@ impl Default for Process {
                 launched: None,
                 cgroup_join: None,
                 announced: false,
+                starting: false,
                 exit_unpublished: false,
             }),
             exited: Condvar::new(),
@@ -97,16 +103,51 @@ impl Process {
     }
 }
 
+/// Where a process's stdio goes, as containerd named it.
+#[derive(Debug, Clone, Default)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// An exec process: added by Exec, launched by Start.
+#[derive(Debug)]
+pub struct ExecProcess {
+    pub process: Arc<Process>,
+    pub spec: ProcessPlan,
+    pub stdio: StdioPaths,
+}
+
+/// The rule that containerd relies on: the init's TaskExit is published only after the
+/// TaskExit of every exec that was running. Only the exits thread touches it.
+#[derive(Debug, Default)]
+pub struct ExitOrder {
+    pub running_execs: usize,
+    pub deferred_init_exit: Option<Exit>,
+}
+
 #[derive(Debug)]
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
-    pub rootfs: PathBuf,
     /// We mounted the rootfs from the Create request and must unmount it.
     pub rootfs_mounted: bool,
-    pub stdin: String,
-    pub stdout: String,
-    pub stderr: String,
-    pub cgroup: CgroupPlan,
-    pub init: std::sync::Arc<Process>,
+    pub stdio: StdioPaths,
+    /// The init's plan: execs join what it describes.
+    pub plan: LaunchPlan,
+    pub init: Arc<Process>,
+    pub execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
+    pub exit_order: Arc<Mutex<ExitOrder>>,
+}
+
+impl Container {
+    pub fn exec(&self, exec_id: &str) -> Option<Arc<ExecProcess>> {
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(exec_id)
+            .cloned()
+    }
 }

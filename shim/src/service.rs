@@ -10,10 +10,13 @@ use std::{
 use containerd_shim_protos::{
     api::{
         self, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-        DeleteRequest, Empty, KillRequest, PidsRequest, PidsResponse, ShutdownRequest,
-        StartRequest, StartResponse, StateRequest, StateResponse, WaitRequest, WaitResponse,
+        DeleteRequest, Empty, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse,
+        ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, WaitRequest,
+        WaitResponse,
     },
-    events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart},
+    events::task::{
+        TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    },
     protobuf::{well_known_types::timestamp::Timestamp, EnumOrUnknown, MessageField},
     shim::shim_ttrpc::Task,
     topics,
@@ -24,11 +27,12 @@ use nix::mount::{mount, MsFlags};
 use runtime::{
     cgroups::{self, Layout},
     launch::{Exit, Zygote},
+    plan::NamespaceKind,
     state::{self, ContainerState},
 };
 
 use crate::{
-    container::{Container, Process, Status},
+    container::{Container, ExecProcess, ExitOrder, Process, Status, StdioPaths},
     error::{Error, Result},
     events::EventQueue,
     exits::ExitMonitor,
@@ -66,14 +70,6 @@ fn timestamp(nanos: u64) -> Timestamp {
         seconds: (nanos / 1_000_000_000) as i64,
         nanos: (nanos % 1_000_000_000) as i32,
         ..Default::default()
-    }
-}
-
-fn no_exec(exec_id: &str) -> Result<()> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::NotFound(format!("exec {exec_id} does not exist")))
     }
 }
 
@@ -193,16 +189,38 @@ impl Service {
         }
 
         let init = Arc::new(Process::default());
-        let (watched, events, cid) = (init.clone(), self.events.clone(), id.clone());
-        let on_exit = move |exit: Exit| {
-            let mut s = watched.set_exited(exit);
-            if s.announced {
-                events.publish(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(exit_event(&cid, exit)),
-                );
-            } else {
-                s.exit_unpublished = true;
+        let exit_order = Arc::new(Mutex::new(ExitOrder::default()));
+        let on_exit = {
+            let (watched, events, cid, order) = (
+                init.clone(),
+                self.events.clone(),
+                id.clone(),
+                exit_order.clone(),
+            );
+            let (cgroup, own_pidns) =
+                (plan.cgroup.clone(), plan.namespaces.has(NamespaceKind::Pid));
+            move |exit: Exit| {
+                let mut s = watched.set_exited(exit);
+                if !own_pidns {
+                    // Without its own pid namespace nothing else dies with the init: we kill.
+                    for pid in cgroups::pids(&cgroup) {
+                        // SAFETY: kill(2) has no memory-safety preconditions.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+                if !s.announced {
+                    s.exit_unpublished = true;
+                    return;
+                }
+                let mut order = order.lock().unwrap_or_else(|p| p.into_inner());
+                if order.running_execs > 0 {
+                    order.deferred_init_exit = Some(exit);
+                } else {
+                    events.publish(
+                        topics::TASK_EXIT_EVENT_TOPIC,
+                        Box::new(exit_event(&cid, &cid, exit)),
+                    );
+                }
             }
         };
         let t_cgroup = t0.elapsed();
@@ -222,17 +240,6 @@ impl Service {
         let cgroup = plan.cgroup.clone();
         init.lock().cgroup_join = Some(std::thread::spawn(move || cgroups::join(&cgroup, pid)));
         let t_launched = t0.elapsed();
-        let container = Arc::new(Container {
-            id: id.clone(),
-            bundle: bundle.to_path_buf(),
-            rootfs: plan.rootfs.clone(),
-            rootfs_mounted,
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            cgroup: plan.cgroup.clone(),
-            init: init.clone(),
-        });
         let persisted = ContainerState {
             id: id.clone(),
             pid,
@@ -252,6 +259,21 @@ impl Service {
             let _ = ContainerState::remove(bundle);
             return Err(e);
         }
+        let container = Arc::new(Container {
+            id: id.clone(),
+            bundle: bundle.to_path_buf(),
+            rootfs_mounted,
+            stdio: StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            },
+            plan,
+            init: init.clone(),
+            execs: Mutex::new(HashMap::new()),
+            exit_order,
+        });
 
         let mut s = init.lock();
         s.launched = Some(launched);
@@ -282,7 +304,7 @@ impl Service {
             if let Some(exit) = s.exit {
                 self.events.publish(
                     topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(exit_event(&id, exit)),
+                    Box::new(exit_event(&id, &id, exit)),
                 );
             }
         }
@@ -295,9 +317,24 @@ impl Service {
         Ok(pid as u32)
     }
 
+    /// The process an RPC is about: the init, or the exec `exec_id`.
+    fn process(&self, c: &Container, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(c.init.clone());
+        }
+        c.exec(exec_id).map(|e| e.process.clone()).ok_or_else(|| {
+            Error::NotFound(format!(
+                "exec {exec_id} of container {} does not exist",
+                c.id
+            ))
+        })
+    }
+
     fn do_start(&self, req: &StartRequest) -> Result<u32> {
-        no_exec(&req.exec_id)?;
         let c = self.container(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return self.start_exec(&c, &req.exec_id);
+        }
         let mut s = c.init.lock();
         if s.status != Status::Created {
             return Err(Error::FailedPrecondition(format!(
@@ -329,30 +366,229 @@ impl Service {
         Ok(pid as u32)
     }
 
-    fn do_delete(&self, req: &DeleteRequest) -> Result<api::DeleteResponse> {
-        no_exec(&req.exec_id)?;
+    fn do_exec(&self, req: &ExecProcessRequest) -> Result<()> {
         let c = self.container(&req.id)?;
-        let status = c.init.lock().status;
+        if c.init.lock().status == Status::Stopped {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                req.id
+            )));
+        }
+        let any = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("exec: the process spec is missing".into()))?;
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(&any.value).map_err(|e| {
+                Error::InvalidArgument(format!("exec {}: invalid process spec: {e}", req.exec_id))
+            })?;
+        let spec = runtime::plan::process::plan_process(&process)?;
+        if req.terminal {
+            return Err(Error::Unimplemented(
+                "exec: terminals are not implemented yet".into(),
+            ));
+        }
+        let mut execs = c.execs.lock().unwrap_or_else(|p| p.into_inner());
+        if execs.contains_key(&req.exec_id) {
+            return Err(Error::AlreadyExists(format!(
+                "exec {} already exists",
+                req.exec_id
+            )));
+        }
+        execs.insert(
+            req.exec_id.clone(),
+            Arc::new(ExecProcess {
+                process: Arc::new(Process::default()),
+                spec,
+                stdio: StdioPaths {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                },
+            }),
+        );
+        drop(execs);
+        self.events.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(())
+    }
+
+    fn start_exec(&self, c: &Arc<Container>, exec_id: &str) -> Result<u32> {
+        let e = c.exec(exec_id).ok_or_else(|| {
+            Error::NotFound(format!(
+                "exec {exec_id} of container {} does not exist",
+                c.id
+            ))
+        })?;
+        let init_pid = {
+            let s = c.init.lock();
+            if s.status != Status::Running {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is {:?}: cannot start exec {exec_id}",
+                    c.id, s.status
+                )));
+            }
+            s.pid
+        };
+        {
+            let mut s = e.process.lock();
+            if s.status != Status::Created || s.starting {
+                return Err(Error::FailedPrecondition(format!(
+                    "exec {exec_id} was already started"
+                )));
+            }
+            s.starting = true;
+        }
+        let plan = runtime::plan::exec_plan(&c.plan, init_pid, e.spec.clone());
+        let io = stdio::open(
+            &e.stdio.stdin,
+            &e.stdio.stdout,
+            &e.stdio.stderr,
+            e.stdio.terminal,
+        )?;
+        let on_exit = {
+            let (watched, events, cid, xid, order) = (
+                e.process.clone(),
+                self.events.clone(),
+                c.id.clone(),
+                exec_id.to_owned(),
+                c.exit_order.clone(),
+            );
+            move |exit: Exit| {
+                let was_running = watched.lock().status == Status::Running;
+                let mut s = watched.set_exited(exit);
+                if !s.announced {
+                    s.exit_unpublished = true;
+                    return;
+                }
+                events.publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(exit_event(&cid, &xid, exit)),
+                );
+                let mut order = order.lock().unwrap_or_else(|p| p.into_inner());
+                if was_running {
+                    order.running_execs = order.running_execs.saturating_sub(1);
+                }
+                if order.running_execs == 0 {
+                    if let Some(init_exit) = order.deferred_init_exit.take() {
+                        events.publish(
+                            topics::TASK_EXIT_EVENT_TOPIC,
+                            Box::new(exit_event(&cid, &cid, init_exit)),
+                        );
+                    }
+                }
+            }
+        };
+        let launched = self.zygote.launch(&plan, io.fds(), |pid| {
+            e.process.lock().pid = pid;
+            self.exits.watch(pid, on_exit);
+        });
+        drop(io);
+        let fail = |err: Error| {
+            e.process.lock().starting = false;
+            err
+        };
+        let launched = launched.map_err(|err| fail(err.into()))?;
+        let pid = launched.pid;
+        // Setup errors first (they say more than a failed cgroup move of a dead process).
+        let ready = launched
+            .wait_ready()
+            .and_then(|()| cgroups::join(&plan.cgroup, pid))
+            .and_then(|()| launched.start());
+        if let Err(err) = ready {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            e.process.wait();
+            return Err(fail(err.into()));
+        }
+        let mut s = e.process.lock();
+        s.starting = false;
+        self.events.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            Box::new(TaskExecStarted {
+                container_id: c.id.clone(),
+                exec_id: exec_id.to_owned(),
+                pid: pid as u32,
+                ..Default::default()
+            }),
+        );
+        s.announced = true;
+        if s.status == Status::Created {
+            s.status = Status::Running;
+            c.exit_order
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .running_execs += 1;
+        } else if s.exit_unpublished {
+            if let Some(exit) = s.exit {
+                self.events.publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(exit_event(&c.id, exec_id, exit)),
+                );
+            }
+        }
+        Ok(pid as u32)
+    }
+
+    fn do_delete(&self, req: &DeleteRequest) -> Result<api::DeleteResponse> {
+        let c = self.container(&req.id)?;
+        let process = self.process(&c, &req.exec_id)?;
+        let status = process.lock().status;
         match status {
             Status::Running => {
                 return Err(Error::FailedPrecondition(format!(
-                    "cannot delete running container {}: kill it first",
+                    "cannot delete running process {} of container {}: kill it first",
+                    if req.exec_id.is_empty() {
+                        "init"
+                    } else {
+                        &req.exec_id
+                    },
                     req.id
                 )))
             }
             Status::Created => {
-                // Never started: the init waits on its channel; take it down.
-                let mut s = c.init.lock();
+                // Never started: the process waits on its channel; take it down.
+                let mut s = process.lock();
                 let _ = s.finish_cgroup_join();
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(s.pid, libc::SIGKILL) };
+                if s.pid > 0 {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(s.pid, libc::SIGKILL) };
+                } else {
+                    // An exec that was added but never launched has no process to wait for.
+                    drop(s);
+                    c.execs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&req.exec_id);
+                    return Ok(api::DeleteResponse::default());
+                }
             }
             Status::Stopped => {}
         }
-        let exit = c.init.wait();
-        cgroups::destroy(&c.cgroup)?;
+        let exit = process.wait();
+        let response = api::DeleteResponse {
+            pid: exit.pid as u32,
+            exit_status: exit.status,
+            exited_at: MessageField::some(timestamp(exit.exited_at)),
+            ..Default::default()
+        };
+        if !req.exec_id.is_empty() {
+            c.execs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&req.exec_id);
+            return Ok(response);
+        }
+        cgroups::destroy(&c.plan.cgroup)?;
         if c.rootfs_mounted {
-            state::unmount_rootfs(&c.rootfs)?;
+            state::unmount_rootfs(&c.plan.rootfs)?;
         }
         ContainerState::remove(&c.bundle)?;
         self.containers
@@ -370,18 +606,17 @@ impl Service {
             }),
         );
         info!("deleted container {}", req.id);
-        Ok(api::DeleteResponse {
-            pid: exit.pid as u32,
-            exit_status: exit.status,
-            exited_at: MessageField::some(timestamp(exit.exited_at)),
-            ..Default::default()
-        })
+        Ok(response)
     }
 
     fn do_state(&self, req: &StateRequest) -> Result<StateResponse> {
-        no_exec(&req.exec_id)?;
         let c = self.container(&req.id)?;
-        let s = c.init.lock();
+        let process = self.process(&c, &req.exec_id)?;
+        let stdio = match c.exec(&req.exec_id) {
+            Some(e) => e.stdio.clone(),
+            None => c.stdio.clone(),
+        };
+        let s = process.lock();
         let status = match s.status {
             Status::Created => api::Status::CREATED,
             Status::Running => api::Status::RUNNING,
@@ -390,23 +625,24 @@ impl Service {
         Ok(StateResponse {
             id: c.id.clone(),
             bundle: c.bundle.to_string_lossy().into_owned(),
-            pid: s.pid as u32,
+            pid: s.pid.max(0) as u32,
             status: EnumOrUnknown::new(status),
-            stdin: c.stdin.clone(),
-            stdout: c.stdout.clone(),
-            stderr: c.stderr.clone(),
-            terminal: false,
+            stdin: stdio.stdin,
+            stdout: stdio.stdout,
+            stderr: stdio.stderr,
+            terminal: stdio.terminal,
             exit_status: s.exit.map_or(0, |e| e.status),
             exited_at: s.exit.map(|e| timestamp(e.exited_at)).into(),
+            exec_id: req.exec_id.clone(),
             ..Default::default()
         })
     }
 
     fn do_kill(&self, req: &KillRequest) -> Result<()> {
-        no_exec(&req.exec_id)?;
         let c = self.container(&req.id)?;
-        let s = c.init.lock();
-        if s.status == Status::Stopped {
+        let process = self.process(&c, &req.exec_id)?;
+        let s = process.lock();
+        if s.status == Status::Stopped || s.pid <= 0 {
             return Err(Error::NotFound(format!(
                 "container {}: process already finished",
                 req.id
@@ -414,8 +650,12 @@ impl Service {
         }
         let signal = req.signal as i32;
         let mut targets = vec![s.pid];
-        if req.all {
-            targets.extend(cgroups::pids(&c.cgroup).into_iter().filter(|p| *p != s.pid));
+        if req.all && req.exec_id.is_empty() {
+            targets.extend(
+                cgroups::pids(&c.plan.cgroup)
+                    .into_iter()
+                    .filter(|p| *p != s.pid),
+            );
         }
         for pid in targets {
             // SAFETY: kill(2) has no memory-safety preconditions.
@@ -432,9 +672,8 @@ impl Service {
     }
 
     fn do_wait(&self, req: &WaitRequest) -> Result<WaitResponse> {
-        no_exec(&req.exec_id)?;
         let c = self.container(&req.id)?;
-        let exit = c.init.wait();
+        let exit = self.process(&c, &req.exec_id)?.wait();
         Ok(WaitResponse {
             exit_status: exit.status,
             exited_at: MessageField::some(timestamp(exit.exited_at)),
@@ -444,7 +683,7 @@ impl Service {
 
     fn do_pids(&self, req: &PidsRequest) -> Result<PidsResponse> {
         let c = self.container(&req.id)?;
-        let processes = cgroups::pids(&c.cgroup)
+        let processes = cgroups::pids(&c.plan.cgroup)
             .into_iter()
             .map(|pid| containerd_shim_protos::types::task::ProcessInfo {
                 pid: pid as u32,
@@ -458,9 +697,10 @@ impl Service {
     }
 }
 
-fn exit_event(id: &str, exit: Exit) -> TaskExit {
+/// TaskExit of process `id` (the container id for the init, else the exec id).
+fn exit_event(container_id: &str, id: &str, exit: Exit) -> TaskExit {
     TaskExit {
-        container_id: id.to_owned(),
+        container_id: container_id.to_owned(),
         id: id.to_owned(),
         pid: exit.pid as u32,
         exit_status: exit.status,
@@ -563,8 +803,8 @@ impl Task for Service {
         unimplemented("Checkpoint")
     }
 
-    fn exec(&self, _: &TtrpcContext, _: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Exec")
+    fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        reply("exec", &req.id, self.do_exec(&req)).map(|()| Empty::default())
     }
 
     fn resize_pty(&self, _: &TtrpcContext, _: api::ResizePtyRequest) -> ttrpc::Result<Empty> {

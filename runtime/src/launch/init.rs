@@ -90,21 +90,25 @@ fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<ExecArgs> {
     drop(stdio);
 
     // The shim creates the cgroup and moves us into it while we set up (see `Launched`).
+    // Open every namespace first: once in another mount namespace, the paths may be gone.
+    let mut joins = Vec::new();
     for (kind, path) in &plan.namespaces.join {
         if *kind == NamespaceKind::Pid {
             continue; // joined by the launcher, at clone time
         }
-        let ns = File::open(path).map_err(|e| Error::io(path, e))?;
+        joins.push((
+            kind,
+            path,
+            File::open(path).map_err(|e| Error::io(path, e))?,
+        ));
+    }
+    for (kind, path, ns) in joins {
         setns(ns.as_fd(), CloneFlags::from_bits_retain(kind.clone_flag())).map_err(|e| {
             Error::sys(
                 format!("join {} namespace {}", kind.proc_name(), path.display()),
                 e,
             )
         })?;
-    }
-    if plan.namespaces.creates(NamespaceKind::Cgroup) {
-        unshare(CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| Error::sys("create cgroup namespace", e))?;
     }
     if let Some(h) = &plan.hostname {
         sethostname(h).map_err(|e| Error::sys(format!("hostname: set {h:?}"), e))?;
@@ -122,7 +126,9 @@ fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<ExecArgs> {
         process::set_oom_score_adj(adj)?;
     }
 
-    rootfs::prepare(plan)?;
+    if !plan.exec {
+        rootfs::prepare(plan)?;
+    }
 
     let p = &plan.process;
     process::set_rlimits(p)?;

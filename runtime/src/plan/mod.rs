@@ -40,6 +40,54 @@ pub struct LaunchPlan {
     pub readonly_paths: Vec<PathBuf>,
     pub process: ProcessPlan,
     pub cgroup: CgroupPlan,
+    /// An extra process in a running container (exec): it joins the container's
+    /// namespaces and cgroup and leaves the rootfs as it is.
+    #[serde(default)]
+    pub exec: bool,
+}
+
+/// The plan for an exec: process `process` joins every namespace of the container whose init
+/// is `init_pid` (the user namespace first, so it owns what follows) and its cgroup.
+pub fn exec_plan(container: &LaunchPlan, init_pid: i32, process: ProcessPlan) -> LaunchPlan {
+    let mut kinds: Vec<NamespaceKind> = container
+        .namespaces
+        .create
+        .iter()
+        .copied()
+        .chain(container.namespaces.join.iter().map(|(k, _)| *k))
+        .collect();
+    kinds.sort_by_key(|k| *k != NamespaceKind::User);
+    kinds.dedup();
+    LaunchPlan {
+        id: container.id.clone(),
+        rootfs: container.rootfs.clone(),
+        readonly_root: container.readonly_root,
+        rootfs_propagation: container.rootfs_propagation,
+        namespaces: NamespacePlan {
+            create: Vec::new(),
+            join: kinds
+                .into_iter()
+                .map(|k| {
+                    (
+                        k,
+                        PathBuf::from(format!("/proc/{init_pid}/ns/{}", k.proc_name())),
+                    )
+                })
+                .collect(),
+        },
+        hostname: None,
+        domainname: None,
+        mounts: Vec::new(),
+        devices: Vec::new(),
+        masked_paths: Vec::new(),
+        readonly_paths: Vec::new(),
+        process,
+        cgroup: CgroupPlan {
+            dirs: container.cgroup.dirs.clone(),
+            ..Default::default()
+        },
+        exec: true,
+    }
 }
 
 fn propagation(value: &str) -> Result<u64> {
@@ -205,6 +253,7 @@ pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<La
         readonly_paths: absolute_paths("linux.readonlyPaths", linux.readonly_paths().as_ref())?,
         process: process::plan_process(process)?,
         cgroup,
+        exec: false,
     })
 }
 
@@ -290,6 +339,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hostname"), "{e}");
+    }
+
+    #[test]
+    fn exec_joins_every_container_namespace_user_first_and_touches_no_mounts() {
+        let mut v: serde_json::Value = serde_json::from_str(CTR_DEFAULT_SPEC).unwrap();
+        v["linux"]["namespaces"] = serde_json::json!([
+            {"type":"pid"},{"type":"network","path":"/proc/9/ns/net"},{"type":"mount"}
+        ]);
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        let mut c = build(&spec, Path::new("/b"), "c", &layout()).unwrap();
+        c.namespaces.create.push(NamespaceKind::User); // as if the spec had a user namespace
+        let e = exec_plan(&c, 42, c.process.clone());
+        assert!(e.exec && e.namespaces.create.is_empty());
+        let joins: Vec<_> = e
+            .namespaces
+            .join
+            .iter()
+            .map(|(k, p)| (*k, p.to_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(
+            joins,
+            [
+                (NamespaceKind::User, "/proc/42/ns/user".to_owned()),
+                (NamespaceKind::Pid, "/proc/42/ns/pid".to_owned()),
+                (NamespaceKind::Mount, "/proc/42/ns/mnt".to_owned()),
+                (NamespaceKind::Network, "/proc/42/ns/net".to_owned()),
+            ]
+        );
+        assert!(e.mounts.is_empty() && e.devices.is_empty() && e.masked_paths.is_empty());
+        assert_eq!(e.cgroup.dirs, c.cgroup.dirs);
+        assert!(e.cgroup.writes.is_empty() && e.cgroup.device_rules.is_empty());
     }
 
     #[test]
