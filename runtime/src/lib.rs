@@ -13,5 +13,6 @@ pub mod process;
 pub mod rootfs;
 pub mod spec;
 pub mod state;
+pub mod terminal;
 
 pub use error::{Error, Result};

@@ -229,6 +229,8 @@ mod tests {
             capabilities: None,
             no_new_privileges: false,
             oom_score_adj: None,
+            terminal: false,
+            console_size: None,
         }
     }
 

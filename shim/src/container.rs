@@ -34,6 +34,8 @@ pub struct ProcessState {
     pub announced: bool,
     /// An exec's Start is under way (its launch happens without the lock held).
     pub starting: bool,
+    /// The stdio copies (stdin, terminal) of the running process.
+    pub io: Option<Arc<crate::stdio::ProcessIo>>,
     /// The process exited before it was announced: publish its exit right after TaskCreate.
     pub exit_unpublished: bool,
 }
@@ -56,6 +58,7 @@ impl Default for Process {
                 cgroup_join: None,
                 announced: false,
                 starting: false,
+                io: None,
                 exit_unpublished: false,
             }),
             exited: Condvar::new(),
@@ -78,6 +81,16 @@ impl ProcessState {
 impl Process {
     pub fn lock(&self) -> MutexGuard<'_, ProcessState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets a terminal's last output reach containerd before the exit is announced.
+    /// Also stops its stdin thread.
+    pub fn drain_output(&self) {
+        let io = self.lock().io.clone();
+        if let Some(io) = io {
+            io.close_stdin();
+            io.wait_output(std::time::Duration::from_secs(2));
+        }
     }
 
     /// Records the exit and wakes every waiter. Returns the guard so the caller can publish

@@ -36,7 +36,7 @@ use crate::{
     error::{Error, Result},
     events::EventQueue,
     exits::ExitMonitor,
-    stdio,
+    stdio::LaunchIo,
 };
 
 /// Set when the daemon may exit (Shutdown with no container left).
@@ -181,7 +181,19 @@ impl Service {
         let t0 = std::time::Instant::now();
         let spec = runtime::spec::load(bundle)?;
         let plan = runtime::plan::build(&spec, bundle, &id, Layout::host())?;
-        let io = stdio::open(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
+        let stdio_paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        if req.terminal != plan.process.terminal {
+            return Err(Error::InvalidArgument(format!(
+                "create: terminal is {} but process.terminal in config.json is {}",
+                req.terminal, plan.process.terminal
+            )));
+        }
+        let io = LaunchIo::open(&stdio_paths)?;
         let t_planned = t0.elapsed();
         if let Err(e) = cgroups::create(&plan.cgroup) {
             let _ = cgroups::destroy(&plan.cgroup);
@@ -200,6 +212,7 @@ impl Service {
             let (cgroup, own_pidns) =
                 (plan.cgroup.clone(), plan.namespaces.has(NamespaceKind::Pid));
             move |exit: Exit| {
+                watched.drain_output();
                 let mut s = watched.set_exited(exit);
                 if !own_pidns {
                     // Without its own pid namespace nothing else dies with the init: we kill.
@@ -235,7 +248,6 @@ impl Service {
                 return Err(e.into());
             }
         };
-        drop(io);
         let pid = launched.pid;
         let cgroup = plan.cgroup.clone();
         init.lock().cgroup_join = Some(std::thread::spawn(move || cgroups::join(&cgroup, pid)));
@@ -249,7 +261,8 @@ impl Service {
         let ready = persisted
             .save(bundle)
             .map_err(Error::from)
-            .and_then(|()| launched.wait_ready().map_err(Error::from));
+            .and_then(|()| launched.wait_ready().map_err(Error::from))
+            .and_then(|console| io.start(console));
         if let Err(e) = ready {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -263,12 +276,7 @@ impl Service {
             id: id.clone(),
             bundle: bundle.to_path_buf(),
             rootfs_mounted,
-            stdio: StdioPaths {
-                stdin: req.stdin.clone(),
-                stdout: req.stdout.clone(),
-                stderr: req.stderr.clone(),
-                terminal: req.terminal,
-            },
+            stdio: stdio_paths,
             plan,
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
@@ -277,6 +285,7 @@ impl Service {
 
         let mut s = init.lock();
         s.launched = Some(launched);
+        s.io = ready.ok().map(Arc::new);
         self.containers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -383,10 +392,11 @@ impl Service {
                 Error::InvalidArgument(format!("exec {}: invalid process spec: {e}", req.exec_id))
             })?;
         let spec = runtime::plan::process::plan_process(&process)?;
-        if req.terminal {
-            return Err(Error::Unimplemented(
-                "exec: terminals are not implemented yet".into(),
-            ));
+        if req.terminal != spec.terminal {
+            return Err(Error::InvalidArgument(format!(
+                "exec {}: terminal is {} but the process spec says {}",
+                req.exec_id, req.terminal, spec.terminal
+            )));
         }
         let mut execs = c.execs.lock().unwrap_or_else(|p| p.into_inner());
         if execs.contains_key(&req.exec_id) {
@@ -447,12 +457,7 @@ impl Service {
             s.starting = true;
         }
         let plan = runtime::plan::exec_plan(&c.plan, init_pid, e.spec.clone());
-        let io = stdio::open(
-            &e.stdio.stdin,
-            &e.stdio.stdout,
-            &e.stdio.stderr,
-            e.stdio.terminal,
-        )?;
+        let io = LaunchIo::open(&e.stdio).inspect_err(|_| e.process.lock().starting = false)?;
         let on_exit = {
             let (watched, events, cid, xid, order) = (
                 e.process.clone(),
@@ -462,6 +467,7 @@ impl Service {
                 c.exit_order.clone(),
             );
             move |exit: Exit| {
+                watched.drain_output();
                 let was_running = watched.lock().status == Status::Running;
                 let mut s = watched.set_exited(exit);
                 if !s.announced {
@@ -490,7 +496,6 @@ impl Service {
             e.process.lock().pid = pid;
             self.exits.watch(pid, on_exit);
         });
-        drop(io);
         let fail = |err: Error| {
             e.process.lock().starting = false;
             err
@@ -500,13 +505,18 @@ impl Service {
         // Setup errors first (they say more than a failed cgroup move of a dead process).
         let ready = launched
             .wait_ready()
-            .and_then(|()| cgroups::join(&plan.cgroup, pid))
-            .and_then(|()| launched.start());
+            .and_then(|console| cgroups::join(&plan.cgroup, pid).map(|()| console))
+            .map_err(Error::from)
+            .and_then(|console| io.start(console))
+            .and_then(|pio| {
+                e.process.lock().io = Some(Arc::new(pio));
+                launched.start().map_err(Error::from)
+            });
         if let Err(err) = ready {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             e.process.wait();
-            return Err(fail(err.into()));
+            return Err(fail(err));
         }
         let mut s = e.process.lock();
         s.starting = false;
@@ -681,6 +691,17 @@ impl Service {
         })
     }
 
+    fn io_of(&self, id: &str, exec_id: &str) -> Result<Arc<crate::stdio::ProcessIo>> {
+        let c = self.container(id)?;
+        let process = self.process(&c, exec_id)?;
+        let io = process.lock().io.clone();
+        io.ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "container {id}: the process has no stdio to act on"
+            ))
+        })
+    }
+
     fn do_pids(&self, req: &PidsRequest) -> Result<PidsResponse> {
         let c = self.container(&req.id)?;
         let processes = cgroups::pids(&c.plan.cgroup)
@@ -807,12 +828,20 @@ impl Task for Service {
         reply("exec", &req.id, self.do_exec(&req)).map(|()| Empty::default())
     }
 
-    fn resize_pty(&self, _: &TtrpcContext, _: api::ResizePtyRequest) -> ttrpc::Result<Empty> {
-        unimplemented("ResizePty")
+    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> ttrpc::Result<Empty> {
+        let r = self
+            .io_of(&req.id, &req.exec_id)
+            .and_then(|io| io.resize(req.height, req.width));
+        reply("resize_pty", &req.id, r).map(|()| Empty::default())
     }
 
-    fn close_io(&self, _: &TtrpcContext, _: api::CloseIORequest) -> ttrpc::Result<Empty> {
-        unimplemented("CloseIO")
+    fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> ttrpc::Result<Empty> {
+        let r = self.io_of(&req.id, &req.exec_id).map(|io| {
+            if req.stdin {
+                io.close_stdin();
+            }
+        });
+        reply("close_io", &req.id, r).map(|()| Empty::default())
     }
 
     fn update(&self, _: &TtrpcContext, _: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {

@@ -1,31 +1,32 @@
-//! The container's stdio. containerd hands us fifo paths it has already opened for reading
-//! (stdout/stderr) or writing (stdin); without a terminal we pass the fifos straight to the
-//! container, so no copy loop runs in the shim and nothing is buffered here.
+//! A process's stdio, wired to the fifos containerd named.
+//!
+//! - stdout/stderr without a terminal: the fifos are passed straight to the process, so no
+//!   copy runs in the shim and nothing is buffered here.
+//! - stdin: the process reads a pipe that a thread fills from the fifo. The process sees EOF
+//!   when the client closes its end of the fifo or sends CloseIO, never merely because the
+//!   client has not opened the fifo yet (the thread polls before it reads).
+//! - with a terminal: the pty master (sent by the process) is copied to the stdout fifo,
+//!   and the stdin fifo to the master.
 
 use std::{
     fs::{File, OpenOptions},
-    os::{fd::AsFd, unix::fs::OpenOptionsExt},
+    io::{Read, Write},
+    os::{
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::fs::OpenOptionsExt,
+    },
+    sync::{mpsc, Arc, Mutex},
+    time::Duration,
 };
 
-use crate::error::{Error, Result};
-
-#[derive(Debug)]
-pub struct Stdio {
-    pub stdin: File,
-    pub stdout: File,
-    pub stderr: File,
-}
-
-impl Stdio {
-    pub fn fds(&self) -> [std::os::fd::BorrowedFd<'_>; 3] {
-        [self.stdin.as_fd(), self.stdout.as_fd(), self.stderr.as_fd()]
-    }
-}
+use crate::{
+    container::StdioPaths,
+    error::{Error, Result},
+};
 
 fn check_scheme(field: &str, path: &str) -> Result<()> {
     match path.split_once("://") {
-        None => Ok(()),
-        Some(("fifo", _)) => Ok(()),
+        None | Some(("fifo", _)) => Ok(()),
         Some((scheme, _)) => Err(Error::Unimplemented(format!(
             "{field}: the {scheme}:// stdio scheme is not implemented yet"
         ))),
@@ -46,7 +47,6 @@ fn dev_null(write: bool) -> Result<File> {
 }
 
 fn clear_nonblock(f: &File) {
-    use std::os::fd::AsRawFd;
     // SAFETY: fcntl on a descriptor we own.
     unsafe {
         let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
@@ -54,9 +54,9 @@ fn clear_nonblock(f: &File) {
     }
 }
 
-fn open_output(field: &str, path: &str) -> Result<File> {
+fn open_output(field: &str, path: &str) -> Result<Option<File>> {
     if path.is_empty() {
-        return dev_null(true);
+        return Ok(None);
     }
     check_scheme(field, path)?;
     let path = strip_scheme(path);
@@ -73,33 +73,245 @@ fn open_output(field: &str, path: &str) -> Result<File> {
     }
     .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {e}")))?;
     clear_nonblock(&f);
-    Ok(f)
+    Ok(Some(f))
 }
 
-fn open_input(path: &str) -> Result<File> {
+/// The read end of the stdin fifo, non-blocking.
+struct StdinFifo {
+    reader: File,
+}
+
+fn open_stdin(path: &str) -> Result<Option<StdinFifo>> {
     if path.is_empty() {
-        return dev_null(false);
+        return Ok(None);
     }
     check_scheme("stdin", path)?;
     let path = strip_scheme(path);
-    let f = OpenOptions::new()
+    let reader = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| Error::InvalidArgument(format!("stdin {path}: {e}")))?;
-    clear_nonblock(&f);
-    Ok(f)
+    Ok(Some(StdinFifo { reader }))
 }
 
-pub fn open(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Result<Stdio> {
-    if terminal {
-        return Err(Error::Unimplemented(
-            "terminal: terminals are not implemented yet".into(),
-        ));
+/// Copies the stdin fifo into `to` until the client closes the fifo or `cancel` fires
+/// (CloseIO, or the process exited). A fifo that no writer has opened yet polls as not
+/// readable, so an early read cannot mistake "not connected" for EOF.
+fn forward_stdin(fifo: File, cancel: File, mut to: impl Write) {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut drain_and_stop = false;
+    loop {
+        if !drain_and_stop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: fifo.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: cancel.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: poll on two valid pollfds.
+            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+                continue; // EINTR
+            }
+            drain_and_stop = fds[1].revents != 0;
+            if fds[0].revents == 0 {
+                continue;
+            }
+        }
+        match (&fifo).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // Nothing more to read right now (EAGAIN) or a real error.
+            Err(_) if drain_and_stop => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
-    Ok(Stdio {
-        stdin: open_input(stdin)?,
-        stdout: open_output("stdout", stdout)?,
-        stderr: open_output("stderr", stderr)?,
-    })
+}
+
+fn pipe() -> Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::Internal(format!(
+            "pipe: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: both descriptors are new and ours.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+/// Copies until EOF or an error on either side; returns when done.
+fn copy(mut from: impl Read, mut to: impl Write) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // EIO: the pty's last slave descriptor is gone.
+            Err(_) => return,
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(|e| Error::Internal(format!("spawn {name} thread: {e}")))
+}
+
+/// What a process is launched with, before it runs.
+pub struct LaunchIo {
+    /// fds 0, 1 and 2 for the process (for a terminal, /dev/null until the pty replaces them).
+    pub child: [File; 3],
+    stdin: Option<StdinFifo>,
+    stdin_pipe: Option<File>,
+    terminal_out: Option<File>,
+}
+
+impl LaunchIo {
+    pub fn open(paths: &StdioPaths) -> Result<LaunchIo> {
+        let stdin = open_stdin(&paths.stdin)?;
+        let stdout = open_output("stdout", &paths.stdout)?;
+        if paths.terminal {
+            // One stream: containerd names no stderr for a terminal.
+            return Ok(LaunchIo {
+                child: [dev_null(false)?, dev_null(true)?, dev_null(true)?],
+                stdin,
+                stdin_pipe: None,
+                terminal_out: stdout,
+            });
+        }
+        let stderr = open_output("stderr", &paths.stderr)?;
+        let (child_in, stdin_pipe) = match &stdin {
+            Some(_) => {
+                let (r, w) = pipe()?;
+                (r, Some(w))
+            }
+            None => (dev_null(false)?, None),
+        };
+        Ok(LaunchIo {
+            child: [
+                child_in,
+                stdout.map_or_else(|| dev_null(true), Ok)?,
+                stderr.map_or_else(|| dev_null(true), Ok)?,
+            ],
+            stdin,
+            stdin_pipe,
+            terminal_out: None,
+        })
+    }
+
+    pub fn fds(&self) -> [BorrowedFd<'_>; 3] {
+        [
+            self.child[0].as_fd(),
+            self.child[1].as_fd(),
+            self.child[2].as_fd(),
+        ]
+    }
+
+    /// Starts the copy threads once the process runs; `console` is its pty master.
+    pub fn start(self, console: Option<OwnedFd>) -> Result<ProcessIo> {
+        let LaunchIo {
+            child,
+            stdin,
+            stdin_pipe,
+            terminal_out,
+        } = self;
+        drop(child);
+        let mut io = ProcessIo::default();
+        let master = console.map(|m| Arc::new(File::from(m)));
+        if let (Some(master), Some(out)) = (&master, terminal_out) {
+            let (tx, rx) = mpsc::channel();
+            let m = master.clone();
+            spawn("console-out", move || {
+                copy(&*m, out);
+                let _ = tx.send(());
+            })?;
+            io.output_done = Some(Mutex::new(rx));
+        }
+        if let Some(StdinFifo { reader }) = stdin {
+            let (cancel_rx, cancel_tx) = pipe()?;
+            io.stdin_cancel = Mutex::new(Some(cancel_tx));
+            match (&master, stdin_pipe) {
+                (Some(m), _) => {
+                    let m = m.clone();
+                    spawn("console-in", move || forward_stdin(reader, cancel_rx, &*m))?;
+                }
+                (None, Some(pipe)) => {
+                    spawn("stdin", move || forward_stdin(reader, cancel_rx, pipe))?
+                }
+                (None, None) => {}
+            }
+        }
+        io.console = master;
+        Ok(io)
+    }
+}
+
+/// A running process's side of the stdio copies.
+#[derive(Default)]
+pub struct ProcessIo {
+    console: Option<Arc<File>>,
+    /// Closing it stops the stdin thread (after it copied what is already in the fifo).
+    stdin_cancel: Mutex<Option<File>>,
+    output_done: Option<Mutex<mpsc::Receiver<()>>>,
+}
+
+impl std::fmt::Debug for ProcessIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessIo")
+            .field("console", &self.console.is_some())
+            .finish()
+    }
+}
+
+impl ProcessIo {
+    /// CloseIO (and process exit): stdin is closed once what the client wrote is copied.
+    pub fn close_stdin(&self) {
+        self.stdin_cancel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    pub fn resize(&self, height: u32, width: u32) -> Result<()> {
+        let console = self
+            .console
+            .as_ref()
+            .ok_or_else(|| Error::FailedPrecondition("the process has no terminal".into()))?;
+        let clamp = |v: u32| v.min(u16::MAX as u32) as u16;
+        runtime::terminal::set_size(&**console, clamp(height), clamp(width))
+            .map_err(|e| Error::Internal(format!("resize terminal: {e}")))
+    }
+
+    /// After the process exited: lets the terminal output reach containerd before the exit
+    /// is announced (bounded, in case a background process keeps the pty open).
+    pub fn wait_output(&self, timeout: Duration) {
+        if let Some(rx) = &self.output_done {
+            let _ = rx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .recv_timeout(timeout);
+        }
+    }
 }

@@ -15,18 +15,21 @@ use super::{channel::Channel, InitMessage, ShimMessage};
 use crate::{
     plan::{LaunchPlan, NamespaceKind},
     process::{self, ExecArgs},
-    rootfs, Error, Result,
+    rootfs, terminal, Error, Result,
 };
 
 /// Entry point of the cloned child. Never returns.
 pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
-    let exec = match setup(plan, stdio) {
-        Ok(exec) => exec,
+    let (exec, console) = match setup(plan, stdio) {
+        Ok(r) => r,
         Err(e) => fail(&channel, e, 1),
     };
-    if channel.send(&InitMessage::Ready, &[]).is_err() {
+    // The pty master, if any, travels with Ready; ours is closed on exec.
+    let fds: Vec<i32> = console.iter().map(|m| m.as_raw_fd()).collect();
+    if channel.send(&InitMessage::Ready, &fds).is_err() {
         std::process::exit(1);
     }
+    drop(console);
     match channel.recv::<ShimMessage>() {
         Ok(Some((ShimMessage::Start, _))) => {}
         // The shim went away or deleted us before start.
@@ -79,7 +82,7 @@ fn dup_onto(fd: &OwnedFd, target: i32) -> Result<()> {
     Ok(())
 }
 
-fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<ExecArgs> {
+fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<(ExecArgs, Option<OwnedFd>)> {
     // Die with the shim until we are started.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -131,6 +134,12 @@ fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<ExecArgs> {
     }
 
     let p = &plan.process;
+    // Allocated in the container's own devpts, after pivot_root (or the exec's setns).
+    let console = if p.terminal {
+        Some(terminal::setup(p.console_size, p.uid, p.gid, !plan.exec)?)
+    } else {
+        None
+    };
     process::set_rlimits(p)?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(p.umask.unwrap_or(0o022)) };
@@ -142,5 +151,5 @@ fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<ExecArgs> {
     process::switch_user_and_capabilities(p)?;
     process::enter_cwd(p)?;
     process::close_fds_on_exec()?;
-    Ok(exec)
+    Ok((exec, console))
 }

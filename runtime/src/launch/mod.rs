@@ -11,6 +11,8 @@ pub mod channel;
 pub mod init;
 pub mod zygote;
 
+use std::os::fd::OwnedFd;
+
 use serde::{Deserialize, Serialize};
 
 use self::channel::Channel;
@@ -39,9 +41,10 @@ pub struct Launched {
 
 impl Launched {
     /// Blocks until the init has applied the whole plan (the container is "created").
-    pub fn wait_ready(&self) -> Result<()> {
+    /// Returns the pty master when the process has a terminal.
+    pub fn wait_ready(&self) -> Result<Option<OwnedFd>> {
         match self.channel.recv::<InitMessage>()? {
-            Some((InitMessage::Ready, _)) => Ok(()),
+            Some((InitMessage::Ready, mut fds)) => Ok(fds.pop()),
             Some((InitMessage::Failed { error }, _)) => Err(Error::Init(error)),
             None => Err(Error::Init(format!(
                 "container init (pid {}) exited during setup",

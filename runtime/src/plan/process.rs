@@ -20,6 +20,12 @@ pub struct ProcessPlan {
     pub capabilities: Option<CapabilitiesPlan>,
     pub no_new_privileges: bool,
     pub oom_score_adj: Option<i32>,
+    /// Give the process a pty (the shim copies between it and containerd's fifos).
+    #[serde(default)]
+    pub terminal: bool,
+    /// (height, width) of the terminal.
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,12 +115,6 @@ pub fn plan_process(p: &Process) -> Result<ProcessPlan> {
             format!("{:?} is not an absolute path", p.cwd()),
         ));
     }
-    if p.terminal() == Some(true) {
-        return Err(Error::unsupported(
-            "process.terminal",
-            "terminals are not implemented yet",
-        ));
-    }
     for (field, set) in [
         ("process.apparmorProfile", p.apparmor_profile().is_some()),
         ("process.selinuxLabel", p.selinux_label().is_some()),
@@ -166,6 +166,13 @@ pub fn plan_process(p: &Process) -> Result<ProcessPlan> {
             .transpose()?,
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         oom_score_adj: p.oom_score_adj(),
+        terminal: p.terminal().unwrap_or(false),
+        console_size: p.console_size().map(|b| {
+            (
+                b.height().min(u16::MAX as u64) as u16,
+                b.width().min(u16::MAX as u64) as u16,
+            )
+        }),
     })
 }
 
@@ -207,6 +214,16 @@ mod tests {
     }
 
     #[test]
+    fn terminal_and_console_size() {
+        let p = process(
+            r#"{"user":{"uid":0,"gid":0},"args":["sh"],"cwd":"/","terminal":true,"consoleSize":{"height":40,"width":120}}"#,
+        );
+        let plan = plan_process(&p).unwrap();
+        assert!(plan.terminal);
+        assert_eq!(plan.console_size, Some((40, 120)));
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (r#"{"user":{"uid":0,"gid":0},"cwd":"/"}"#, "process.args"),
@@ -223,10 +240,6 @@ mod tests {
                 r#"{"user":{"uid":0,"gid":0},"args":["x"],"cwd":"/","rlimits":[
                    {"type":"RLIMIT_CORE","hard":1,"soft":2}]}"#,
                 "process.rlimits[0]",
-            ),
-            (
-                r#"{"user":{"uid":0,"gid":0},"args":["x"],"cwd":"/","terminal":true}"#,
-                "process.terminal",
             ),
             (
                 r#"{"user":{"uid":0,"gid":0},"args":["x"],"cwd":"/","apparmorProfile":"p"}"#,

@@ -1,0 +1,236 @@
+//! stdio and terminals through containerd: stdin and its EOF, byte-exact large streams,
+//! `ctr run -t` and `ctr task exec -t` in a pseudo-terminal (util-linux `script`), and
+//! terminal resizes. Where a behaviour is containerd's, the test also runs runc.v2.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+struct Running(String);
+
+impl Running {
+    fn start(prefix: &str, rt: &str) -> Running {
+        let id = unique_id(prefix);
+        ctr_ok(&["run", "-d", "--runtime", rt, IMAGE, &id, "sleep", "600"]);
+        Running(id)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = ctr(&["task", "kill", "-s", "SIGKILL", &self.0]);
+        wait_until(Duration::from_secs(10), || {
+            matches!(task_status(&self.0).as_deref(), None | Some("STOPPED"))
+        });
+        let _ = ctr(&["task", "delete", &self.0]);
+        let _ = ctr(&["container", "rm", &self.0]);
+    }
+}
+
+/// `ctr task exec` with `input` on its stdin; returns (stdout, exit code).
+fn exec_with_stdin(id: &str, exec_id: &str, input: &[u8], args: &[&str]) -> (Vec<u8>, i32) {
+    let mut a = vec!["task", "exec", "--exec-id", exec_id, id];
+    a.extend_from_slice(args);
+    let mut child = ctr_command(&a)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let (out, timed_out) = wait_output(child, Duration::from_secs(60));
+    writer.join().unwrap();
+    assert!(!timed_out, "exec {exec_id} hung (stdin EOF not delivered?)");
+    (out.stdout, exit_code(&out.status))
+}
+
+fn sha256(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn stdin_reaches_the_process_byte_exact_and_its_eof_too() {
+    let _serial = shared();
+    let c = Running::start("stdin", &runtime());
+    let (out, code) = exec_with_stdin(
+        &c.0,
+        "small",
+        b"line1\nline2\n",
+        &["sh", "-c", "cat; echo EOF-seen"],
+    );
+    assert_eq!(
+        (String::from_utf8_lossy(&out).as_ref(), code),
+        ("line1\nline2\nEOF-seen\n", 0)
+    );
+    // 3 MiB of random bytes through stdin, hashed inside the container.
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let (out, code) = exec_with_stdin(&c.0, "big", &data, &["sha256sum"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&out)
+            .split_whitespace()
+            .next()
+            .unwrap(),
+        sha256(&data)
+    );
+}
+
+#[test]
+fn large_output_arrives_byte_exact_when_the_process_exits_right_after_writing() {
+    let _serial = shared();
+    let id = unique_id("bigout");
+    // 8 MiB, deterministic, then exit at once.
+    let out = ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        &runtime(),
+        IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "head -c 8388608 /dev/zero | tr '\\0' x",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), 8 * 1024 * 1024);
+    assert!(out.stdout.iter().all(|b| *b == b'x'));
+    assert_no_leftovers(&id);
+}
+
+/// Runs `cmd` in a pseudo-terminal of `rows`x`cols` (util-linux `script`); returns its
+/// output with NUL bytes removed, and the exit code `script` reports.
+fn in_pty(rows: u16, cols: u16, cmd: &str) -> (String, i32) {
+    let wrapped = format!("stty rows {rows} cols {cols}; {cmd}");
+    let (out, timed_out) = run_with_timeout(
+        Command::new("script")
+            .args(["-qec", &wrapped, "/dev/null"])
+            .stdin(Stdio::null()),
+        Duration::from_secs(60),
+    );
+    assert!(!timed_out, "{cmd} hung");
+    (
+        String::from_utf8_lossy(&out.stdout).replace('\0', ""),
+        exit_code(&out.status),
+    )
+}
+
+fn ctr_cmdline(args: &[&str]) -> String {
+    let e = env();
+    let mut s = format!(
+        "{} --address {} -n {}",
+        e.ctr_bin.display(),
+        e.address,
+        e.namespace
+    );
+    for a in args {
+        s.push_str(&format!(" '{a}'"));
+    }
+    s
+}
+
+#[test]
+fn run_with_a_terminal_gets_a_pty_its_size_and_the_exit_code() {
+    let _serial = shared();
+    for rt in [runtime(), "io.containerd.runc.v2".to_owned()] {
+        let id = unique_id("tty");
+        let cmd = ctr_cmdline(&[
+            "run",
+            "-t",
+            "--rm",
+            "--runtime",
+            &rt,
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "sleep 0.3; tty; stty size; ls /dev/console; exit 3",
+        ]);
+        let (out, code) = in_pty(33, 111, &cmd);
+        assert_eq!(code, 3, "{rt}: {out}");
+        assert!(out.contains("/dev/pts/0"), "{rt}: {out}");
+        assert!(
+            out.contains("33 111"),
+            "{rt}: the terminal size must follow ctr's: {out}"
+        );
+        assert!(out.contains("/dev/console"), "{rt}: {out}");
+        assert_no_leftovers(&id);
+    }
+}
+
+#[test]
+fn exec_with_a_terminal() {
+    let _serial = shared();
+    let c = Running::start("exectty", &runtime());
+    let cmd = ctr_cmdline(&[
+        "task",
+        "exec",
+        "-t",
+        "--exec-id",
+        "t1",
+        &c.0,
+        "sh",
+        "-c",
+        "sleep 0.3; tty; stty size; echo exec-tty-ok",
+    ]);
+    let (out, code) = in_pty(20, 70, &cmd);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("20 70"), "{out}");
+    assert!(out.contains("exec-tty-ok"), "{out}");
+}
+
+#[test]
+fn input_typed_into_a_terminal_reaches_the_process() {
+    let _serial = shared();
+    let c = Running::start("ttyin", &runtime());
+    // `script` forwards our stdin to the pty ctr runs in; ctr forwards it to the container's.
+    let cmd = ctr_cmdline(&[
+        "task",
+        "exec",
+        "-t",
+        "--exec-id",
+        "r1",
+        &c.0,
+        "sh",
+        "-c",
+        "read line; echo got:$line",
+    ]);
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    stdin.write_all(b"hello-tty\n").unwrap();
+    let (out, timed_out) = wait_output(child, Duration::from_secs(30));
+    drop(stdin);
+    let out = String::from_utf8_lossy(&out.stdout).replace('\0', "");
+    assert!(!timed_out, "{out}");
+    assert!(out.contains("got:hello-tty"), "{out}");
+}
