@@ -234,3 +234,89 @@ fn input_typed_into_a_terminal_reaches_the_process() {
     assert!(!timed_out, "{out}");
     assert!(out.contains("got:hello-tty"), "{out}");
 }
+
+/// `--log-uri binary://` starts the logging binary with the container's stdout and stderr
+/// on fds 3 and 4 and CONTAINER_ID/CONTAINER_NAMESPACE; `file://` appends both streams to a
+/// file. Same result under runc.v2.
+#[test]
+fn log_uris_binary_and_file() {
+    let _serial = shared();
+    for rt in [runtime(), "io.containerd.runc.v2".to_owned()] {
+        let dir = std::env::temp_dir().join(unique_id("logs"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let logger = dir.join("logger.sh");
+        std::fs::write(
+            &logger,
+            format!(
+                "#!/bin/sh\necho \"id=$CONTAINER_ID ns=$CONTAINER_NAMESPACE args=$*\" > {d}/meta\n\
+                 cat <&3 5>&- > {d}/out &\ncat <&4 5>&- > {d}/err &\nexec 5>&-\nwait\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let id = unique_id("binlog");
+        let uri = format!("binary://{}?tag=web", logger.display());
+        let out = ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            &rt,
+            "--log-uri",
+            &uri,
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2",
+        ]);
+        assert!(
+            out.status.success(),
+            "{rt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = |f: &str| {
+            wait_until(Duration::from_secs(5), || {
+                std::fs::read_to_string(dir.join(f))
+                    .map(|s| !s.is_empty())
+                    .unwrap_or(false)
+            });
+            std::fs::read_to_string(dir.join(f)).unwrap_or_default()
+        };
+        assert_eq!(read("out"), "to-out\n", "{rt}");
+        assert_eq!(read("err"), "to-err\n", "{rt}");
+        assert_eq!(
+            read("meta").trim(),
+            format!("id={id} ns={} args=tag web", namespace()),
+            "{rt}"
+        );
+
+        let id = unique_id("filelog");
+        let file = dir.join("sub/file.log");
+        let out = ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            &rt,
+            "--log-uri",
+            &format!("file://{}", file.display()),
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "echo f-out; echo f-err >&2",
+        ]);
+        assert!(
+            out.status.success(),
+            "{rt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let logged = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            logged.contains("f-out\n") && logged.contains("f-err\n"),
+            "{rt}: {logged:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -218,7 +218,13 @@ fn daemon(
     );
     let events = Arc::new(EventQueue::start(ttrpc_address, flags.namespace.clone()));
     let shutdown = Arc::new(ShutdownSignal::default());
-    let service = Service::new(zygote, exits, events.clone(), shutdown.clone());
+    let service = Service::new(
+        flags.namespace.clone(),
+        zygote,
+        exits,
+        events.clone(),
+        shutdown.clone(),
+    );
     let mut server = Server::new()
         .add_listener(listener.into_raw_fd())
         .map_err(|e| format!("ttrpc listener: {e}"))?

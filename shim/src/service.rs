@@ -58,6 +58,7 @@ impl ShutdownSignal {
 }
 
 pub struct Service {
+    namespace: String,
     zygote: Zygote,
     exits: ExitMonitor,
     events: Arc<EventQueue>,
@@ -121,12 +122,14 @@ fn mount_rootfs(bundle: &Path, mounts: &[api::Mount]) -> Result<bool> {
 
 impl Service {
     pub fn new(
+        namespace: String,
         zygote: Zygote,
         exits: ExitMonitor,
         events: Arc<EventQueue>,
         shutdown: Arc<ShutdownSignal>,
     ) -> Service {
         Service {
+            namespace,
             zygote,
             exits,
             events,
@@ -193,7 +196,7 @@ impl Service {
                 req.terminal, plan.process.terminal
             )));
         }
-        let io = LaunchIo::open(&stdio_paths)?;
+        let io = LaunchIo::open(&stdio_paths, &id, &self.namespace)?;
         let t_planned = t0.elapsed();
         if let Err(e) = cgroups::create(&plan.cgroup) {
             let _ = cgroups::destroy(&plan.cgroup);
@@ -457,7 +460,8 @@ impl Service {
             s.starting = true;
         }
         let plan = runtime::plan::exec_plan(&c.plan, init_pid, e.spec.clone());
-        let io = LaunchIo::open(&e.stdio).inspect_err(|_| e.process.lock().starting = false)?;
+        let io = LaunchIo::open(&e.stdio, &c.id, &self.namespace)
+            .inspect_err(|_| e.process.lock().starting = false)?;
         let on_exit = {
             let (watched, events, cid, xid, order) = (
                 e.process.clone(),

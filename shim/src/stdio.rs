@@ -27,10 +27,106 @@ use crate::{
 fn check_scheme(field: &str, path: &str) -> Result<()> {
     match path.split_once("://") {
         None | Some(("fifo", _)) => Ok(()),
-        Some((scheme, _)) => Err(Error::Unimplemented(format!(
-            "{field}: the {scheme}:// stdio scheme is not implemented yet"
+        Some((scheme, _)) => Err(Error::InvalidArgument(format!(
+            "{field}: unknown stdio scheme {scheme}:// (fifo, binary and file are supported)"
         ))),
     }
+}
+
+/// `binary://` and `file://` log URIs (as containerd's `--log-uri` passes them for both
+/// stdout and stderr): returns where the process's stdout and stderr go.
+fn open_log_uri(uri: &str, id: &str, namespace: &str) -> Result<Option<(File, File)>> {
+    if let Some(rest) = uri.strip_prefix("file://") {
+        let path = std::path::Path::new(rest.split('?').next().unwrap_or_default());
+        if !path.is_absolute() {
+            return Err(Error::InvalidArgument(format!(
+                "stdout: file:// log path {rest:?} is not absolute"
+            )));
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::InvalidArgument(format!("stdout: mkdir {}: {e}", dir.display()))
+            })?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| Error::InvalidArgument(format!("stdout: open {}: {e}", path.display())))?;
+        let dup = file
+            .try_clone()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        return Ok(Some((file, dup)));
+    }
+    let Some(rest) = uri.strip_prefix("binary://") else {
+        return Ok(None);
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    // Each query pair becomes the arguments "key value" (an empty value for a bare key), as
+    // containerd's runc shim passes them.
+    let args: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .flat_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            [k, v]
+        })
+        .collect();
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
+    let mut cmd = std::process::Command::new(path);
+    cmd.args(&args)
+        .env_clear()
+        .env("CONTAINER_ID", id)
+        .env("CONTAINER_NAMESPACE", namespace)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // The logger gets the stdout pipe as fd 3, stderr as fd 4 and the ready pipe as fd 5.
+    let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
+    // SAFETY: the closure runs between fork and exec and only calls dup2, which is
+    // async-signal-safe; the descriptors stay open in the parent until spawn returns.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // Move them out of the way first, so that none is overwritten by another's dup2.
+            let mut high = [0; 3];
+            for (h, fd) in high.iter_mut().zip(fds) {
+                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                if *h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (target, fd) in (3..).zip(high) {
+                if libc::dup2(fd, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::InvalidArgument(format!("stdout: start logging binary {path}: {e}")))?;
+    drop((out_r, err_r, ready_w));
+    // Reaped here: the daemon never waits for arbitrary children.
+    spawn("logger-wait", move || {
+        let _ = child.wait();
+    })?;
+    // The logger signals readiness by writing to or closing fd 5.
+    let mut fds = [libc::pollfd {
+        fd: ready_r.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: poll on one valid pollfd.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 1, 10_000) } <= 0 {
+        return Err(Error::Internal(format!(
+            "logging binary {path} did not become ready within 10 s"
+        )));
+    }
+    Ok(Some((out_w, err_w)))
 }
 
 fn strip_scheme(path: &str) -> &str {
@@ -189,9 +285,14 @@ pub struct LaunchIo {
 }
 
 impl LaunchIo {
-    pub fn open(paths: &StdioPaths) -> Result<LaunchIo> {
+    /// Opens what containerd named for process `id` of `namespace`.
+    pub fn open(paths: &StdioPaths, id: &str, namespace: &str) -> Result<LaunchIo> {
         let stdin = open_stdin(&paths.stdin)?;
-        let stdout = open_output("stdout", &paths.stdout)?;
+        let logged = open_log_uri(&paths.stdout, id, namespace)?;
+        let (stdout, stderr) = match logged {
+            Some((out, err)) => (Some(out), Some(err)),
+            None => (open_output("stdout", &paths.stdout)?, None),
+        };
         if paths.terminal {
             // One stream: containerd names no stderr for a terminal.
             return Ok(LaunchIo {
@@ -201,7 +302,10 @@ impl LaunchIo {
                 terminal_out: stdout,
             });
         }
-        let stderr = open_output("stderr", &paths.stderr)?;
+        let stderr = match stderr {
+            Some(e) => Some(e),
+            None => open_output("stderr", &paths.stderr)?,
+        };
         let (child_in, stdin_pipe) = match &stdin {
             Some(_) => {
                 let (r, w) = pipe()?;
