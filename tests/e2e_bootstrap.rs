@@ -456,7 +456,8 @@ fn containerd_1_6_start_gets_a_bare_address() {
     );
     exercise_and_shut_down(&s, &address, &socket, V2);
     assert!(
-        s.log().contains("legacy start, runtime options none"),
+        s.log()
+            .contains("containerd 1.6 (legacy start, runtime options none)"),
         "daemon log: {}",
         s.log()
     );
@@ -497,7 +498,7 @@ fn containerd_1_7_to_2_2_start_gets_json() {
     exercise_and_shut_down(&s, &address, &socket, V2);
     assert!(
         s.log().contains(
-            "MAX_SHIM_VERSION=2) (legacy start, runtime options containerd.runc.v1.Options"
+            "containerd 1.7-2.2 (legacy start, MAX_SHIM_VERSION=2, runtime options containerd.runc.v1.Options)"
         ),
         "daemon log: {}",
         s.log()

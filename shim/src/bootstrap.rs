@@ -497,13 +497,12 @@ impl StartConfig {
                     debug: flags.debug,
                     socket_dir: PathBuf::from(DEFAULT_SOCKET_DIR),
                     reply: if json { Reply::Json } else { Reply::Bare },
-                    origin: format!(
-                        "containerd {} (legacy start, runtime options {options})",
-                        match &max {
-                            Some(v) => format!("1.7-2.2 (MAX_SHIM_VERSION={v})"),
-                            None => "1.6".into(),
-                        }
-                    ),
+                    origin: match &max {
+                        Some(v) => format!(
+                            "containerd 1.7-2.2 (legacy start, MAX_SHIM_VERSION={v}, runtime options {options})"
+                        ),
+                        None => format!("containerd 1.6 (legacy start, runtime options {options})"),
+                    },
                 }
             }
         };
