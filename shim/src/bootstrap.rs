@@ -353,7 +353,8 @@ pub fn classify(stdin: &[u8], id: &str, namespace: &str) -> Result<StartInput, E
                 check_flags(&p, id, namespace)?;
                 return Ok(StartInput::Bootstrap(p));
             }
-            "it names neither this -id nor this -namespace and has no field beyond 2".to_string()
+            "BootstrapParams names neither this -id nor this -namespace and has no field beyond 2"
+                .to_string()
         }
         Err(e) => e,
     };
@@ -363,11 +364,11 @@ pub fn classify(stdin: &[u8], id: &str, namespace: &str) -> Result<StartInput, E
         }),
         Ok(_) => Err(Error::Unrecognised {
             len: stdin.len(),
-            reason: format!("as BootstrapParams: {as_params}; as Any: no type_url"),
+            reason: format!("{as_params}; Any without type_url"),
         }),
         Err(e) => Err(Error::Unrecognised {
             len: stdin.len(),
-            reason: format!("as BootstrapParams: {as_params}; as {e}"),
+            reason: format!("{as_params}; {e}"),
         }),
     }
 }
