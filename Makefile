@@ -10,7 +10,14 @@ IMAGE   := localhost/shim-rs/busybox:latest
 HARNESS := tests/harness/containerd.sh
 DEMO_DIR := $(CURDIR)/.work/demo
 
-.PHONY: all deps build install demo demo-run test lint bench clean
+# The e2e matrix: these tests also run against each of these containerd versions
+# (fetched from Debian by tests/harness/containerd-versions.sh into .work/containerd);
+# the plain `cargo test` covers the system containerd.
+CONTAINERD_VERSIONS ?= 1.7.24 2.1.9
+MATRIX_TESTS ?= --test e2e_lifecycle
+VERSIONS_SCRIPT := tests/harness/containerd-versions.sh
+
+.PHONY: all deps build install demo demo-run test test-matrix containerd-versions lint bench clean
 
 all: build
 
@@ -53,10 +60,23 @@ demo-run:
 	test "$$out" = hello || { echo "demo: expected 'hello', got '$$out'" >&2; exit 1; }; \
 	echo "demo: OK"
 
-# Unit tests and the e2e tests (tests/e2e_*.rs; those need root and fail, not skip, without it).
+# Unit tests and the e2e tests (tests/e2e_*.rs; those need root and fail, not skip, without it),
+# then the e2e matrix over the other containerd versions.
 test:
 	@if [ "$$(id -u)" != 0 ]; then echo "note: the e2e tests need root; they will fail as $$(id -un)" >&2; fi
 	$(CARGO) test --workspace
+	@$(MAKE) --no-print-directory test-matrix
+
+# The same e2e test binaries once per containerd version (SHIM_RS_CONTAINERD picks it).
+test-matrix: containerd-versions
+	@set -e; for v in $(CONTAINERD_VERSIONS); do \
+		echo "=== e2e against containerd $$v: cargo test $(MATRIX_TESTS)"; \
+		SHIM_RS_CONTAINERD=$$v $(CARGO) test $(MATRIX_TESTS); \
+	done
+
+# Downloads (once) and unpacks the containerd versions of the matrix.
+containerd-versions:
+	bash $(VERSIONS_SCRIPT) fetch $(CONTAINERD_VERSIONS)
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -71,4 +91,4 @@ bench: build
 clean:
 	-@"$(HARNESS)" stop "$(DEMO_DIR)"
 	$(CARGO) clean
-	rm -rf --one-file-system .work/image .work/demo
+	rm -rf --one-file-system .work/image .work/demo .work/containerd

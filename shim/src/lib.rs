@@ -2,6 +2,7 @@
 //! the daemon), the task service over ttrpc, the container handles it owns, their stdio, exit
 //! tracking and the ordered event stream back to containerd.
 
+pub mod bootstrap;
 pub mod container;
 pub mod error;
 pub mod events;

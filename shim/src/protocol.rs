@@ -4,6 +4,7 @@
 //! `start` binds the ttrpc socket and then forks: the child becomes the daemon without a
 //! second exec, and the parent prints the address and exits. The listening socket already
 //! queues connections, so containerd can dial before the daemon has finished starting.
+//! What `start` reads and writes differs by containerd version: see [`crate::bootstrap`].
 
 use std::{
     ffi::OsString,
@@ -20,7 +21,6 @@ use containerd_shim::Flags;
 use containerd_shim_protos::{
     api::DeleteResponse,
     protobuf::{well_known_types::timestamp::Timestamp, Message, MessageField},
-    shim::shim_ttrpc::create_task,
     ttrpc::Server,
     types::introspection::{RuntimeInfo, RuntimeVersion},
 };
@@ -28,6 +28,7 @@ use log::{error, info};
 use runtime::launch::Zygote;
 
 use crate::{
+    bootstrap::{self, StartConfig},
     events::EventQueue,
     exits::ExitMonitor,
     logger,
@@ -120,18 +121,15 @@ fn grouping(bundle: &Path, id: &str) -> String {
 }
 
 fn start(flags: &Flags) -> Result<(), String> {
-    if flags.namespace.is_empty() || flags.id.is_empty() {
-        return Err("start needs -namespace and -id".into());
-    }
-    let ttrpc_address =
-        std::env::var("TTRPC_ADDRESS").map_err(|_| "TTRPC_ADDRESS is not set".to_string())?;
+    let stdin = bootstrap::read_stdin().map_err(|e| format!("start: {e}"))?;
+    let input = bootstrap::classify(&stdin, &flags.id, &flags.namespace)
+        .map_err(|e| format!("start: {e}"))?;
+    let cfg = StartConfig::resolve(flags, input, |k| std::env::var(k).ok())
+        .map_err(|e| format!("start: {e}"))?;
     let bundle = bundle_dir(flags);
-    let address = containerd_shim::socket_address(
-        &flags.address,
-        &flags.namespace,
-        &grouping(&bundle, &flags.id),
-    );
-    let path = PathBuf::from(address.trim_start_matches("unix://"));
+    let (address, path) = cfg
+        .socket(&grouping(&bundle, &cfg.id))
+        .map_err(|e| format!("start: {e}"))?;
 
     // Recorded for the `delete` action, which removes the socket of a daemon that died.
     let _ = std::fs::write(bundle.join("address"), &address);
@@ -140,8 +138,7 @@ fn start(flags: &Flags) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             // The group's daemon may already run: share it.
             if UnixStream::connect(&path).is_ok() {
-                print!("{address}");
-                return Ok(());
+                return answer(&cfg, &bundle, &address);
             }
             std::fs::remove_file(&path)
                 .map_err(|e| format!("remove stale socket {}: {e}", path.display()))?;
@@ -159,13 +156,9 @@ fn start(flags: &Flags) -> Result<(), String> {
 
     // SAFETY: nothing in this process has started a thread, so the child may run anything.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork shim daemon: {e}"))? {
-        nix::unistd::ForkResult::Parent { .. } => {
-            print!("{address}");
-            let _ = std::io::stdout().flush();
-            Ok(())
-        }
+        nix::unistd::ForkResult::Parent { .. } => answer(&cfg, &bundle, &address),
         nix::unistd::ForkResult::Child => {
-            let code = match daemon(flags, listener, &path, ttrpc_address) {
+            let code = match daemon(&cfg, listener, &path) {
                 Ok(()) => 0,
                 Err(e) => {
                     error!("shim daemon: {e}");
@@ -177,18 +170,24 @@ fn start(flags: &Flags) -> Result<(), String> {
     }
 }
 
+/// Records the address in the bundle, where containerd 1.6/1.7 look for it when they
+/// reconnect after a restart (as containerd's own shims do), then prints the reply.
+fn answer(cfg: &StartConfig, bundle: &Path, address: &str) -> Result<(), String> {
+    let file = bundle.join("address");
+    std::fs::write(&file, address).map_err(|e| format!("write {}: {e}", file.display()))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&cfg.reply.render(address))
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("write the address to stdout: {e}"))
+}
+
 fn redirect(fd: i32, file: &std::fs::File) {
     // SAFETY: dup2 between descriptors we own.
     unsafe { libc::dup2(file.as_raw_fd(), fd) };
 }
 
 /// The long-lived daemon. Runs in the forked child of `start`, in the bundle directory.
-fn daemon(
-    flags: &Flags,
-    listener: UnixListener,
-    socket: &Path,
-    ttrpc_address: String,
-) -> Result<(), String> {
+fn daemon(cfg: &StartConfig, listener: UnixListener, socket: &Path) -> Result<(), String> {
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     // containerd waits for EOF on our stdout: hand back its pipe, keep stderr for the log.
     let null = std::fs::OpenOptions::new()
@@ -198,7 +197,7 @@ fn daemon(
         .map_err(|e| e.to_string())?;
     redirect(0, &null);
     redirect(1, &null);
-    match logger::init(flags.debug) {
+    match logger::init(cfg.debug) {
         Some(log_fifo) => redirect(2, &log_fifo),
         None => redirect(2, &null),
     }
@@ -216,7 +215,10 @@ fn daemon(
             .take_exit_channel()
             .ok_or("launcher exit channel missing")?,
     );
-    let events = Arc::new(EventQueue::start(ttrpc_address, flags.namespace.clone()));
+    let events = Arc::new(EventQueue::start(
+        cfg.ttrpc_address.clone(),
+        cfg.namespace.clone(),
+    ));
     let shutdown = Arc::new(ShutdownSignal::default());
     let service = Service::new(
         flags.namespace.clone(),
@@ -228,12 +230,15 @@ fn daemon(
     let mut server = Server::new()
         .add_listener(listener.into_raw_fd())
         .map_err(|e| format!("ttrpc listener: {e}"))?
-        .register_service(create_task(Arc::new(service)));
+        .register_service(bootstrap::task_services(Arc::new(service)));
     server.start().map_err(|e| format!("ttrpc server: {e}"))?;
     info!(
-        "shim daemon {} serving {}",
+        "shim daemon {} serving {} and {} on {}, started by {}",
         std::process::id(),
-        socket.display()
+        bootstrap::TASK_V2,
+        bootstrap::TASK_V3,
+        socket.display(),
+        cfg.origin
     );
 
     shutdown.wait();

@@ -49,6 +49,8 @@ pub struct Env {
     pub namespace: String,
     pub ctr_bin: PathBuf,
     pub containerd_bin: PathBuf,
+    /// As `containerd --version` prints it, e.g. "1.6.20~ds1", "v2.1.9+unknown".
+    pub containerd_version: String,
     pub containerd_pid: i32,
     /// Our shim as containerd sees it (WORKDIR/bin/containerd-shim-rs-v1).
     pub shim_bin: PathBuf,
@@ -222,7 +224,9 @@ fn setup() -> Result<Env, String> {
         );
     }
     let cbin = std::env::var("CONTAINERD_BIN").unwrap_or_else(|_| "containerd".into());
-    if find_on_path(&cbin).is_none() {
+    // SHIM_RS_CONTAINERD=VERSION: containerd.sh resolves a fetched version itself.
+    let fetched = std::env::var("SHIM_RS_CONTAINERD").is_ok_and(|v| !v.is_empty() && v != "system");
+    if !fetched && find_on_path(&cbin).is_none() {
         return Err(format!(
             "containerd binary `{cbin}` not found (apt-get install containerd, or set CONTAINERD_BIN)"
         ));
@@ -273,6 +277,9 @@ fn setup() -> Result<Env, String> {
     }
     let envfile = fs::read_to_string(workdir.join("env")).map_err(|e| format!("read env: {e}"))?;
     let kv: HashMap<&str, &str> = envfile.lines().filter_map(|l| l.split_once('=')).collect();
+    if let Some(v) = kv.get("CONTAINERD_VERSION") {
+        eprintln!("e2e harness: containerd {v} in {}", workdir.display());
+    }
     let get = |k: &str| {
         kv.get(k)
             .map(|s| s.to_string())
@@ -282,6 +289,7 @@ fn setup() -> Result<Env, String> {
         address: get("ADDRESS")?,
         ctr_bin: PathBuf::from(get("CTR_BIN")?),
         containerd_bin: PathBuf::from(get("CONTAINERD_BIN")?),
+        containerd_version: get("CONTAINERD_VERSION")?,
         containerd_pid: get("PID")?.parse().map_err(|e| format!("bad PID: {e}"))?,
         namespace,
         shim_bin,

@@ -11,6 +11,8 @@
 #
 # Environment:
 #   CONTAINERD_BIN        containerd binary (default: `containerd` on PATH)
+#   SHIM_RS_CONTAINERD    instead of CONTAINERD_BIN: a version fetched by
+#                         containerd-versions.sh (e.g. 1.7.24, 2.1.9), or "system"
 #   CTR_BIN               ctr binary (default: ctr next to CONTAINERD_BIN, else on PATH)
 #   CONTAINERD_NAMESPACE  namespace `start` imports the image into (default: default);
 #                         ctr itself honours this variable too
@@ -55,6 +57,11 @@ abs_workdir() {
 
 containerd_bin() {
     local b="${CONTAINERD_BIN:-containerd}"
+    # A version fetched by containerd-versions.sh ("system" = the one on PATH).
+    if [[ -z "${CONTAINERD_BIN:-}" && -n "${SHIM_RS_CONTAINERD:-}" && "$SHIM_RS_CONTAINERD" != system ]]; then
+        b="$("$SCRIPT_DIR/containerd-versions.sh" bin "$SHIM_RS_CONTAINERD")" ||
+            die "SHIM_RS_CONTAINERD=$SHIM_RS_CONTAINERD: run tests/harness/containerd-versions.sh fetch $SHIM_RS_CONTAINERD"
+    fi
     if [[ "$b" != */* ]]; then
         b="$(command -v "$b" 2>/dev/null)" || die "containerd not found on PATH (install containerd or set CONTAINERD_BIN)"
     fi
@@ -219,15 +226,36 @@ cmd_image() {
 
 # ---------------------------------------------------------------- start ---
 
+# Major version of a containerd binary ("containerd <repo> 1.6.20~ds1 ..." -> 1).
+containerd_major() {
+    local v
+    v="$("$1" --version 2>/dev/null | awk '{print $3}')"
+    v="${v#v}"
+    [[ "$v" =~ ^[0-9]+ ]] || die "cannot tell the version of $1 ($("$1" --version 2>&1 | head -n 1))"
+    printf '%s\n' "${BASH_REMATCH[0]}"
+}
+
 write_config() {
-    local w="$1" level="$2"
+    local w="$1" level="$2" major="$3" version disabled
+    # containerd 2.x reads config version 3 (it migrates 2 with a warning on every
+    # start); 1.x knows only up to 2. The keys used below are the same in both.
+    # No CRI for now (1.x: grpc.v1.cri; 2.x split it into cri.v1.images and
+    # cri.v1.runtime, and the pod sandbox controller and its grpc service then
+    # fail to load with a warning unless they are disabled too); NRI
+    # (containerd >= 1.7) would share /var/run/nri/nri.sock.
+    if ((major >= 2)); then
+        version=3
+        disabled='"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images", "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.grpc.v1.sandbox-controllers", "io.containerd.nri.v1.nri"'
+    else
+        version=2
+        disabled='"io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"'
+    fi
     cat >"$w/config.toml" <<EOF
 # Written by tests/harness/containerd.sh: a private containerd for tests.
-version = 2
+version = $version
 root = "$w/root"
 state = "$w/state"
-# No CRI for now; NRI (containerd >= 1.7) would share /var/run/nri/nri.sock.
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
+disabled_plugins = [$disabled]
 
 [grpc]
   address = "$w/containerd.sock"
@@ -308,7 +336,7 @@ cmd_start() {
     mkdir -p "$w"
     : >"$w/$MARKER"
     mkdir -p "$w/root" "$w/state" "$w/opt"
-    write_config "$w" "$level"
+    write_config "$w" "$level" "$(containerd_major "$cbin")"
 
     local image
     image="$(cmd_image "${SHIM_RS_IMAGE_DIR:-$REPO_DIR/.work/image}")"
@@ -324,6 +352,7 @@ cmd_start() {
     echo "$pid" >"$w/containerd.pid"
     {
         echo "CONTAINERD_BIN=$cbin"
+        echo "CONTAINERD_VERSION=$("$cbin" --version | awk '{print $3}')"
         echo "CTR_BIN=$ctr"
         echo "ADDRESS=$w/containerd.sock"
         echo "NAMESPACE=$ns"
