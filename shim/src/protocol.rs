@@ -131,8 +131,6 @@ fn start(flags: &Flags) -> Result<(), String> {
         .socket(&grouping(&bundle, &cfg.id))
         .map_err(|e| format!("start: {e}"))?;
 
-    // Recorded for the `delete` action, which removes the socket of a daemon that died.
-    let _ = std::fs::write(bundle.join("address"), &address);
     let listener = match UnixListener::bind(&path) {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -171,7 +169,8 @@ fn start(flags: &Flags) -> Result<(), String> {
 }
 
 /// Records the address in the bundle, where containerd 1.6/1.7 look for it when they
-/// reconnect after a restart (as containerd's own shims do), then prints the reply.
+/// reconnect after a restart (as containerd's own shims do) and where the `delete` action
+/// finds the socket of a daemon that died, then prints the reply.
 fn answer(cfg: &StartConfig, bundle: &Path, address: &str) -> Result<(), String> {
     let file = bundle.join("address");
     std::fs::write(&file, address).map_err(|e| format!("write {}: {e}", file.display()))?;
@@ -221,7 +220,7 @@ fn daemon(cfg: &StartConfig, listener: UnixListener, socket: &Path) -> Result<()
     ));
     let shutdown = Arc::new(ShutdownSignal::default());
     let service = Service::new(
-        flags.namespace.clone(),
+        cfg.namespace.clone(),
         zygote,
         exits,
         events.clone(),
