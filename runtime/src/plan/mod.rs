@@ -2,6 +2,7 @@
 //! pure code. The plan crosses a process boundary (shim -> launcher) as JSON.
 
 pub mod devices;
+pub mod hooks;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     devices::DeviceNode,
+    hooks::{HookKind, HookPlan, HooksPlan},
     mounts::MountPlan,
     namespaces::{NamespaceKind, NamespacePlan},
     process::ProcessPlan,
@@ -40,6 +42,7 @@ pub struct LaunchPlan {
     pub readonly_paths: Vec<PathBuf>,
     pub process: ProcessPlan,
     pub cgroup: CgroupPlan,
+    pub hooks: HooksPlan,
 }
 
 fn propagation(value: &str) -> Result<u64> {
@@ -205,6 +208,7 @@ pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<La
         readonly_paths: absolute_paths("linux.readonlyPaths", linux.readonly_paths().as_ref())?,
         process: process::plan_process(process)?,
         cgroup,
+        hooks: hooks::plan_hooks(spec, bundle, id)?,
     })
 }
 
