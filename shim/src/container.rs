@@ -9,6 +9,7 @@ use std::{
 use runtime::{
     cgroups::CgroupPlan,
     launch::{Exit, Launched},
+    plan::HooksPlan,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,5 +109,7 @@ pub struct Container {
     pub stdout: String,
     pub stderr: String,
     pub cgroup: CgroupPlan,
+    /// For poststart and poststop, which the shim runs.
+    pub hooks: HooksPlan,
     pub init: std::sync::Arc<Process>,
 }

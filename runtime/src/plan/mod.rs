@@ -85,28 +85,6 @@ fn absolute_paths(field: &str, paths: Option<&Vec<String>>) -> Result<Vec<PathBu
 
 /// Fields of the spec this runtime does not implement yet: refused, never silently ignored.
 fn reject_unimplemented(spec: &Spec) -> Result<()> {
-    if let Some(hooks) = spec.hooks() {
-        let any = [
-            hooks.prestart().as_ref().is_some_and(|h| !h.is_empty()),
-            hooks
-                .create_runtime()
-                .as_ref()
-                .is_some_and(|h| !h.is_empty()),
-            hooks
-                .create_container()
-                .as_ref()
-                .is_some_and(|h| !h.is_empty()),
-            hooks
-                .start_container()
-                .as_ref()
-                .is_some_and(|h| !h.is_empty()),
-            hooks.poststart().as_ref().is_some_and(|h| !h.is_empty()),
-            hooks.poststop().as_ref().is_some_and(|h| !h.is_empty()),
-        ];
-        if any.iter().any(|x| *x) {
-            return Err(Error::unsupported("hooks", "hooks are not implemented yet"));
-        }
-    }
     let Some(linux) = spec.linux() else {
         return Ok(());
     };
