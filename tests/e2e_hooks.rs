@@ -49,6 +49,7 @@ pid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$out/$name.state")
 if test -n "$pid" && test -r "/proc/$pid/cmdline"; then
     tr '\0' ' ' < "/proc/$pid/cmdline" > "$out/$name.target"
 fi
+if cat /proc/1/exe > /dev/null 2>&1; then echo readable; else echo hidden; fi > "$out/$name.pid1-exe"
 echo "$name" >> "$out/order"
 "#;
 
@@ -378,6 +379,10 @@ fn check_create_and_start_hooks(c: &Case, task: i64) {
     check_hook(c, "startContainer", "created", one, Place::Container, task);
     // startContainer ran before the user's program.
     assert_eq!(c.lines("process.after-start-hook"), ["yes"]);
+    if c.strict {
+        // Pid 1 is still our init, running the shim's binary: out of the hook's reach.
+        assert_eq!(c.lines("startContainer.pid1-exe"), ["hidden"]);
+    }
 }
 
 /// Kills, deletes and removes the container; returns the hooks that ran by then.
