@@ -24,6 +24,13 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
+    /// An OCI hook failed: `field` is `hooks.<kind>[<index>]`.
+    #[error("config.json: {field} ({path}): {message}")]
+    Hook {
+        field: String,
+        path: PathBuf,
+        message: String,
+    },
     /// The container's init reported a failure while applying the plan.
     #[error("{0}")]
     Init(String),

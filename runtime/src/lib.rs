@@ -7,6 +7,7 @@
 
 pub mod cgroups;
 pub mod error;
+pub mod hooks;
 pub mod launch;
 pub mod plan;
 pub mod process;

@@ -301,7 +301,8 @@ fn make_readonly(path: &Path) -> Result<()> {
 }
 
 /// Builds the root filesystem and pivots into it. Afterwards "/" is the container's root.
-pub fn prepare(plan: &LaunchPlan) -> Result<()> {
+/// `before_pivot` runs once the mounts are in place (the create hooks' moment).
+pub fn prepare(plan: &LaunchPlan, before_pivot: impl FnOnce() -> Result<()>) -> Result<()> {
     let propagation = MsFlags::from_bits_retain(plan.rootfs_propagation);
     // Nothing we mount may propagate back to the host: start from a slave/private "/".
     let base = if propagation.contains(MsFlags::MS_SHARED) {
@@ -336,6 +337,7 @@ pub fn prepare(plan: &LaunchPlan) -> Result<()> {
             mount(NONE, &plan.rootfs, NONE, propagation, NONE),
         )?;
     }
+    before_pivot()?;
     pivot(&plan.rootfs)?;
     for p in &plan.readonly_paths {
         make_readonly(p)?;

@@ -266,6 +266,13 @@ fn delete(flags: &Flags) -> Result<(), String> {
     let bundle = bundle_dir(flags);
     let state = runtime::state::destroy(&bundle).map_err(|e| e.to_string())?;
     remove_dead_socket(&bundle);
+    if let Some(s) = &state {
+        // The daemon died before its Delete: the poststop hooks are still owed. Failures
+        // are warnings (on our stderr, which containerd logs).
+        for e in runtime::hooks::poststop_from_bundle(&bundle, &s.id) {
+            eprintln!("{RUNTIME_NAME}: warning: {}: {e}", s.id);
+        }
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -22,10 +22,11 @@ use containerd_shim_protos::{
     topics,
     ttrpc::{self, TtrpcContext},
 };
-use log::{debug, error, info};
+use log::{debug, error, info, warn};
 use nix::mount::{mount, MsFlags};
 use runtime::{
     cgroups::{self, Layout},
+    hooks,
     launch::{Exit, Zygote},
     plan::NamespaceKind,
     state::{self, ContainerState},
@@ -261,10 +262,15 @@ impl Service {
             rootfs: plan.rootfs.clone(),
             cgroup: plan.cgroup.clone(),
         };
+        let create_hooks = || {
+            // The hooks find the init in its cgroup, as they would under runc.
+            init.lock().finish_cgroup_join()?;
+            hooks::create_runtime(&plan.hooks, pid)
+        };
         let ready = persisted
             .save(bundle)
             .map_err(Error::from)
-            .and_then(|()| launched.wait_ready().map_err(Error::from))
+            .and_then(|()| launched.wait_ready(create_hooks).map_err(Error::from))
             .and_then(|console| io.start(console));
         if let Err(e) = ready {
             // SAFETY: kill(2) has no memory-safety preconditions.
@@ -273,6 +279,8 @@ impl Service {
             let _ = init.lock().finish_cgroup_join();
             let _ = cgroups::destroy(&plan.cgroup);
             let _ = ContainerState::remove(bundle);
+            // Torn down like a deleted container: poststop follows (runtime.md lifecycle).
+            run_poststop(&id, &plan.hooks);
             return Err(e);
         }
         let container = Arc::new(Container {
@@ -358,12 +366,12 @@ impl Service {
             Error::FailedPrecondition(format!("container {} cannot be started", req.id))
         })?;
         let pid = s.pid;
-        if let Err(e) = s.finish_cgroup_join() {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        // startContainer hooks run in the init between Start and exec.
+        if let Err(e) = s.finish_cgroup_join().and_then(|()| launched.start()) {
+            drop(s);
+            stop_failed_start(&c, pid);
             return Err(Error::Runtime(e));
         }
-        launched.start()?;
         if s.status == Status::Created {
             s.status = Status::Running;
         }
@@ -375,6 +383,16 @@ impl Service {
                 ..Default::default()
             }),
         );
+        let status = match s.status {
+            Status::Stopped => hooks::Status::Stopped,
+            _ => hooks::Status::Running,
+        };
+        // Without the lock: Kill and State must work while a poststart hook runs.
+        drop(s);
+        if let Err(e) = hooks::poststart(&c.plan.hooks, pid, status) {
+            stop_failed_start(&c, pid);
+            return Err(e.into());
+        }
         Ok(pid as u32)
     }
 
@@ -508,7 +526,7 @@ impl Service {
         let pid = launched.pid;
         // Setup errors first (they say more than a failed cgroup move of a dead process).
         let ready = launched
-            .wait_ready()
+            .wait_ready(|| Ok(())) // execs have no create hooks
             .and_then(|console| cgroups::join(&plan.cgroup, pid).map(|()| console))
             .map_err(Error::from)
             .and_then(|console| io.start(console))
@@ -609,6 +627,7 @@ impl Service {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&req.id);
+        run_poststop(&req.id, &c.plan.hooks);
         self.events.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
@@ -719,6 +738,23 @@ impl Service {
             processes,
             ..Default::default()
         })
+    }
+}
+
+/// A failed Start stops the container (runtime.md lifecycle steps 7 and 9) and returns once
+/// its exit is recorded: clients delete a task only when it is stopped.
+fn stop_failed_start(c: &Container, pid: i32) {
+    if c.init.lock().status != Status::Stopped {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    c.init.wait();
+}
+
+/// Poststop failures are warnings only (runtime.md lifecycle step 13).
+fn run_poststop(id: &str, plan: &runtime::plan::HooksPlan) {
+    for e in hooks::poststop(plan) {
+        warn!("{id}: {e}");
     }
 }
 

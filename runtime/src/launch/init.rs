@@ -13,6 +13,7 @@ use nix::{
 
 use super::{channel::Channel, InitMessage, ShimMessage};
 use crate::{
+    hooks,
     plan::{LaunchPlan, NamespaceKind},
     process::{self, ExecArgs},
     rootfs, terminal, Error, Result,
@@ -20,7 +21,7 @@ use crate::{
 
 /// Entry point of the cloned child. Never returns.
 pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
-    let (exec, console) = match setup(plan, stdio) {
+    let (exec, console) = match setup(plan, &channel, stdio) {
         Ok(r) => r,
         Err(e) => fail(&channel, e, 1),
     };
@@ -40,6 +41,10 @@ pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
         if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP) {
             fail(&channel, Error::sys("create cgroup namespace", e), 1);
         }
+    }
+    // Before the signal reset: the hook runner relies on SIGPIPE being ignored.
+    if let Err(e) = hooks::start_container(&plan.hooks) {
+        fail(&channel, e, 1);
     }
     // The container outlives a crashed shim, as with runc; containerd's `delete` cleans up.
     // SAFETY: prctl with integer arguments.
@@ -82,7 +87,30 @@ fn dup_onto(fd: &OwnedFd, target: i32) -> Result<()> {
     Ok(())
 }
 
-fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<(ExecArgs, Option<OwnedFd>)> {
+/// Between the mounts and pivot_root: the shim runs prestart and createRuntime in the runtime
+/// namespaces while we wait, then we run createContainer in ours (paths still resolve on
+/// the host, since the root has not moved yet).
+fn create_hooks(plan: &LaunchPlan, channel: &Channel) -> Result<()> {
+    if plan.hooks.has_runtime_create_hooks() {
+        channel.send(&InitMessage::RunCreateHooks, &[])?;
+        match channel.recv::<ShimMessage>()? {
+            Some((ShimMessage::CreateHooksDone, _)) => {}
+            other => {
+                return Err(Error::Init(format!(
+                    "waiting for the create hooks: unexpected {:?}",
+                    other.map(|(m, _)| m)
+                )))
+            }
+        }
+    }
+    hooks::create_container(&plan.hooks, &plan.rootfs)
+}
+
+fn setup(
+    plan: &LaunchPlan,
+    channel: &Channel,
+    stdio: Vec<OwnedFd>,
+) -> Result<(ExecArgs, Option<OwnedFd>)> {
     // Die with the shim until we are started.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -130,7 +158,7 @@ fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<(ExecArgs, Option<Own
     }
 
     if !plan.exec {
-        rootfs::prepare(plan)?;
+        rootfs::prepare(plan, || create_hooks(plan, channel))?;
     }
 
     let p = &plan.process;

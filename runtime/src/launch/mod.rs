@@ -23,13 +23,19 @@ use crate::{Error, Result};
 #[derive(Debug, Serialize, Deserialize)]
 pub enum InitMessage {
     Ready,
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
+    /// The mounts are done, pivot_root is next: run prestart and createRuntime now.
+    RunCreateHooks,
 }
 
 /// shim -> init.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ShimMessage {
     Start,
+    /// The runtime-namespace create hooks succeeded.
+    CreateHooksDone,
 }
 
 /// A container init that is being set up or waits to be started.
@@ -41,15 +47,29 @@ pub struct Launched {
 
 impl Launched {
     /// Blocks until the init has applied the whole plan (the container is "created").
-    /// Returns the pty master when the process has a terminal.
-    pub fn wait_ready(&self) -> Result<Option<OwnedFd>> {
-        match self.channel.recv::<InitMessage>()? {
-            Some((InitMessage::Ready, mut fds)) => Ok(fds.pop()),
-            Some((InitMessage::Failed { error }, _)) => Err(Error::Init(error)),
-            None => Err(Error::Init(format!(
-                "container init (pid {}) exited during setup",
-                self.pid
-            ))),
+    /// `create_hooks` runs the runtime-namespace create hooks when the init asks for them
+    /// (before its pivot_root); its error fails the create. Returns the pty master when the
+    /// process has a terminal.
+    pub fn wait_ready(&self, create_hooks: impl FnOnce() -> Result<()>) -> Result<Option<OwnedFd>> {
+        let mut create_hooks = Some(create_hooks);
+        loop {
+            match self.channel.recv::<InitMessage>()? {
+                Some((InitMessage::Ready, mut fds)) => return Ok(fds.pop()),
+                Some((InitMessage::RunCreateHooks, _)) => {
+                    let run = create_hooks.take().ok_or_else(|| {
+                        Error::Other("container init asked for the create hooks twice".into())
+                    })?;
+                    run()?;
+                    self.channel.send(&ShimMessage::CreateHooksDone, &[])?;
+                }
+                Some((InitMessage::Failed { error }, _)) => return Err(Error::Init(error)),
+                None => {
+                    return Err(Error::Init(format!(
+                        "container init (pid {}) exited during setup",
+                        self.pid
+                    )))
+                }
+            }
         }
     }
 
@@ -59,9 +79,9 @@ impl Launched {
         match self.channel.recv::<InitMessage>()? {
             None => Ok(()),
             Some((InitMessage::Failed { error }, _)) => Err(Error::Init(error)),
-            Some((InitMessage::Ready, _)) => {
-                Err(Error::Other("container init sent Ready twice".into()))
-            }
+            Some((m, _)) => Err(Error::Other(format!(
+                "container init sent {m:?} after Start"
+            ))),
         }
     }
 }

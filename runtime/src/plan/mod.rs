@@ -2,6 +2,7 @@
 //! pure code. The plan crosses a process boundary (shim -> launcher) as JSON.
 
 pub mod devices;
+pub mod hooks;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     devices::DeviceNode,
+    hooks::{HookKind, HookPlan, HooksPlan},
     mounts::MountPlan,
     namespaces::{NamespaceKind, NamespacePlan},
     process::ProcessPlan,
@@ -40,6 +42,7 @@ pub struct LaunchPlan {
     pub readonly_paths: Vec<PathBuf>,
     pub process: ProcessPlan,
     pub cgroup: CgroupPlan,
+    pub hooks: HooksPlan,
     /// An extra process in a running container (exec): it joins the container's
     /// namespaces and cgroup and leaves the rootfs as it is.
     #[serde(default)]
@@ -86,6 +89,8 @@ pub fn exec_plan(container: &LaunchPlan, init_pid: i32, process: ProcessPlan) ->
             dirs: container.cgroup.dirs.clone(),
             ..Default::default()
         },
+        // Hooks belong to the container's lifecycle, not to its execs.
+        hooks: HooksPlan::default(),
         exec: true,
     }
 }
@@ -130,28 +135,6 @@ fn absolute_paths(field: &str, paths: Option<&Vec<String>>) -> Result<Vec<PathBu
 
 /// Fields of the spec this runtime does not implement yet: refused, never silently ignored.
 fn reject_unimplemented(spec: &Spec) -> Result<()> {
-    if let Some(hooks) = spec.hooks() {
-        let any = [
-            hooks.prestart().as_ref().is_some_and(|h| !h.is_empty()),
-            hooks
-                .create_runtime()
-                .as_ref()
-                .is_some_and(|h| !h.is_empty()),
-            hooks
-                .create_container()
-                .as_ref()
-                .is_some_and(|h| !h.is_empty()),
-            hooks
-                .start_container()
-                .as_ref()
-                .is_some_and(|h| !h.is_empty()),
-            hooks.poststart().as_ref().is_some_and(|h| !h.is_empty()),
-            hooks.poststop().as_ref().is_some_and(|h| !h.is_empty()),
-        ];
-        if any.iter().any(|x| *x) {
-            return Err(Error::unsupported("hooks", "hooks are not implemented yet"));
-        }
-    }
     let Some(linux) = spec.linux() else {
         return Ok(());
     };
@@ -253,6 +236,7 @@ pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<La
         readonly_paths: absolute_paths("linux.readonlyPaths", linux.readonly_paths().as_ref())?,
         process: process::plan_process(process)?,
         cgroup,
+        hooks: hooks::plan_hooks(spec, bundle, id)?,
         exec: false,
     })
 }
