@@ -37,6 +37,7 @@ use crate::{
     error::{Error, Result},
     events::EventQueue,
     exits::ExitMonitor,
+    options::RuntimeOptions,
     stdio::LaunchIo,
 };
 
@@ -165,11 +166,12 @@ impl Service {
                 "restoring from a checkpoint is not implemented".into(),
             ));
         }
-        if let Some(opts) = req.options.as_ref() {
-            debug!(
-                "create {id}: ignoring runtime options of type {}",
-                opts.type_url
-            );
+        if let Some(any) = req.options.as_ref() {
+            let opts = RuntimeOptions::from_any(any).map_err(Error::InvalidArgument)?;
+            debug!("create {id}: runtime options {}", opts.describe());
+            if let Some(cg) = &opts.shim_cgroup {
+                self.move_shim_into(cg)?;
+            }
         }
         let bundle = PathBuf::from(&req.bundle);
         let rootfs_mounted = mount_rootfs(&bundle, &req.rootfs)?;
@@ -335,6 +337,18 @@ impl Service {
         );
         info!("created container {id} (pid {pid})");
         Ok(pid as u32)
+    }
+
+    /// Honours the `shim_cgroup` option: the daemon and its launcher (and so the cgroup the
+    /// inits are born in) move into that cgroup, below every hierarchy's root.
+    fn move_shim_into(&self, cgroup: &str) -> Result<()> {
+        let rel = cgroups::cgroup_relative_path(Some(Path::new(cgroup)), "")
+            .map_err(|e| Error::InvalidArgument(format!("runtime option shim_cgroup: {e}")))?;
+        let plan = runtime::cgroups::CgroupPlan::at(&rel, Layout::host());
+        cgroups::create(&plan)
+            .and_then(|()| cgroups::join(&plan, std::process::id() as i32))
+            .and_then(|()| cgroups::join(&plan, self.zygote.pid()))
+            .map_err(|e| Error::Internal(format!("runtime option shim_cgroup {cgroup:?}: {e}")))
     }
 
     /// The process an RPC is about: the init, or the exec `exec_id`.

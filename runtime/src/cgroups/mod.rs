@@ -232,6 +232,22 @@ const ALWAYS_ALLOWED: &[&str] = &[
     "c 10:200 rwm",
 ];
 
+impl CgroupPlan {
+    /// The cgroup at `rel` below every hierarchy's root, with nothing to write yet.
+    pub fn at(rel: &Path, layout: &Layout) -> CgroupPlan {
+        CgroupPlan {
+            dirs: layout
+                .hierarchies
+                .iter()
+                .map(|h| h.mountpoint.join(rel))
+                .collect(),
+            cpuset_dir: layout.v1("cpuset").map(|h| h.mountpoint.join(rel)),
+            devices_dir: layout.v1("devices").map(|h| h.mountpoint.join(rel)),
+            ..Default::default()
+        }
+    }
+}
+
 pub fn plan_cgroup(
     linux: &Linux,
     id: &str,
@@ -239,17 +255,7 @@ pub fn plan_cgroup(
     layout: &Layout,
 ) -> Result<CgroupPlan> {
     let rel = cgroup_relative_path(linux.cgroups_path().as_deref(), id)?;
-    let mut plan = CgroupPlan {
-        dirs: layout
-            .hierarchies
-            .iter()
-            .map(|h| h.mountpoint.join(&rel))
-            .collect(),
-        cpuset_dir: layout.v1("cpuset").map(|h| h.mountpoint.join(&rel)),
-        devices_dir: layout.v1("devices").map(|h| h.mountpoint.join(&rel)),
-        device_rules: Vec::new(),
-        writes: Vec::new(),
-    };
+    let mut plan = CgroupPlan::at(&rel, layout);
     if let Some(resources) = linux.resources() {
         plan.writes = resources::plan_resources(resources, layout, &rel)?;
         plan.device_rules = resources

@@ -1,0 +1,180 @@
+//! Runtime options containerd sends with Create (and, for 1.6/1.7, on `start`'s stdin):
+//! runc's `containerd.runc.v1.Options` (ctr, nerdctl), `runtimeoptions.v1.Options` whose
+//! `config_body` is the TOML of a CRI handler's `options` table, and the legacy
+//! `containerd.linux.runc.CreateOptions`. What we honour is parsed; the rest is logged,
+//! never fatal.
+
+use containerd_shim_protos::{
+    protobuf::{well_known_types::any::Any, CodedInputStream, Message},
+    shim::oci::Options as RuncOptions,
+};
+
+/// The options this runtime acts on.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// The caller manages cgroups through systemd. We accept cgroupsPath in both forms
+    /// anyway (the systemd form is mapped onto cgroupfs), so this only changes the log.
+    pub systemd_cgroup: bool,
+    /// A cgroup (path below each hierarchy root) the shim daemon and its launcher move into.
+    pub shim_cgroup: Option<String>,
+    /// Options recognised but not acted on, for the log.
+    pub ignored: Vec<String>,
+}
+
+const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
+const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";
+const LEGACY_CREATE_OPTIONS: &str = "containerd.linux.runc.CreateOptions";
+
+impl RuntimeOptions {
+    pub fn from_any(any: &Any) -> Result<RuntimeOptions, String> {
+        let type_url = any.type_url.trim_start_matches("type.googleapis.com/");
+        match type_url {
+            RUNC_OPTIONS => {
+                let o = RuncOptions::parse_from_bytes(&any.value)
+                    .map_err(|e| format!("{RUNC_OPTIONS}: {e}"))?;
+                let mut ignored = Vec::new();
+                for (name, set) in [
+                    ("no_pivot_root", o.no_pivot_root),
+                    ("no_new_keyring", o.no_new_keyring),
+                    ("binary_name", !o.binary_name.is_empty()),
+                    ("root", !o.root.is_empty()),
+                    ("criu_image_path", !o.criu_image_path.is_empty()),
+                    ("io_uid/io_gid", o.io_uid != 0 || o.io_gid != 0),
+                ] {
+                    if set {
+                        ignored.push(name.to_owned());
+                    }
+                }
+                Ok(RuntimeOptions {
+                    systemd_cgroup: o.systemd_cgroup,
+                    shim_cgroup: Some(o.shim_cgroup).filter(|s| !s.is_empty()),
+                    ignored,
+                })
+            }
+            RUNTIME_OPTIONS => {
+                let (path, body) = runtime_options_fields(&any.value)?;
+                // ctr --runtime-config-path names a file instead of sending the body.
+                let body = match (body.is_empty(), path.is_empty()) {
+                    (true, false) => std::fs::read_to_string(&path)
+                        .map_err(|e| format!("{RUNTIME_OPTIONS}: config_path {path}: {e}"))?,
+                    _ => body,
+                };
+                Ok(parse_toml_body(&body))
+            }
+            LEGACY_CREATE_OPTIONS => Ok(RuntimeOptions {
+                ignored: vec![LEGACY_CREATE_OPTIONS.to_owned()],
+                ..Default::default()
+            }),
+            other => Ok(RuntimeOptions {
+                ignored: vec![format!("options of unknown type {other:?}")],
+                ..Default::default()
+            }),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "systemd_cgroup={} shim_cgroup={:?} ignored={:?}",
+            self.systemd_cgroup, self.shim_cgroup, self.ignored
+        )
+    }
+}
+
+/// `runtimeoptions.v1.Options { type_url = 1; config_path = 2; config_body = 3 }`:
+/// (config_path, config_body).
+fn runtime_options_fields(bytes: &[u8]) -> Result<(String, String), String> {
+    let mut input = CodedInputStream::from_bytes(bytes);
+    let (mut path, mut body) = (String::new(), String::new());
+    while let Some(tag) = input
+        .read_raw_tag_or_eof()
+        .map_err(|e| format!("{RUNTIME_OPTIONS}: {e}"))?
+    {
+        let (field, wire) = (tag >> 3, tag & 7);
+        if field == 3 && wire == 2 {
+            body = input
+                .read_string()
+                .map_err(|e| format!("{RUNTIME_OPTIONS}: {e}"))?;
+        } else if field == 2 && wire == 2 {
+            path = input
+                .read_string()
+                .map_err(|e| format!("{RUNTIME_OPTIONS}: {e}"))?;
+        } else {
+            let wire_type = containerd_shim_protos::protobuf::rt::WireType::new(wire)
+                .ok_or_else(|| format!("{RUNTIME_OPTIONS}: bad wire type {wire}"))?;
+            input
+                .skip_field(wire_type)
+                .map_err(|e| format!("{RUNTIME_OPTIONS}: {e}"))?;
+        }
+    }
+    Ok((path, body))
+}
+
+/// The flat `Key = value` lines of a CRI handler's options table.
+fn parse_toml_body(body: &str) -> RuntimeOptions {
+    let mut o = RuntimeOptions::default();
+    for line in body.lines().map(str::trim) {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let (key, value) = (
+            key.trim(),
+            value.trim().trim_matches('"').trim_matches('\''),
+        );
+        match key {
+            "SystemdCgroup" => o.systemd_cgroup = value == "true",
+            "ShimCgroup" if !value.is_empty() => o.shim_cgroup = Some(value.to_owned()),
+            "" => {}
+            other => o.ignored.push(other.to_owned()),
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(type_url: &str, value: Vec<u8>) -> Any {
+        Any {
+            type_url: type_url.into(),
+            value,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn runc_options() {
+        let o = RuncOptions {
+            systemd_cgroup: true,
+            shim_cgroup: "/shims".into(),
+            binary_name: "crun".into(),
+            ..Default::default()
+        };
+        let parsed =
+            RuntimeOptions::from_any(&any(RUNC_OPTIONS, o.write_to_bytes().unwrap())).unwrap();
+        assert!(parsed.systemd_cgroup);
+        assert_eq!(parsed.shim_cgroup.as_deref(), Some("/shims"));
+        assert_eq!(parsed.ignored, ["binary_name"]);
+    }
+
+    #[test]
+    fn cri_runtime_options_toml_body() {
+        let body = "SystemdCgroup = true\nShimCgroup = \"/pods/shims\"\nBinaryName = \"x\"\n";
+        // field 1 (type_url) then field 3 (config_body), length-delimited.
+        let mut v = vec![0x0a, 3, b'a', b'b', b'c', 0x1a, body.len() as u8];
+        v.extend_from_slice(body.as_bytes());
+        let parsed = RuntimeOptions::from_any(&any(RUNTIME_OPTIONS, v)).unwrap();
+        assert!(parsed.systemd_cgroup);
+        assert_eq!(parsed.shim_cgroup.as_deref(), Some("/pods/shims"));
+        assert_eq!(parsed.ignored, ["BinaryName"]);
+    }
+
+    #[test]
+    fn legacy_and_unknown_options_are_accepted() {
+        let legacy = RuntimeOptions::from_any(&any(LEGACY_CREATE_OPTIONS, vec![0x08, 1])).unwrap();
+        assert_eq!(legacy.ignored, [LEGACY_CREATE_OPTIONS]);
+        let unknown = RuntimeOptions::from_any(&any("example.com/Other", vec![1, 2, 3])).unwrap();
+        assert!(!unknown.systemd_cgroup && unknown.shim_cgroup.is_none());
+        assert!(RuntimeOptions::from_any(&any(RUNC_OPTIONS, vec![0xff, 0xff])).is_err());
+    }
+}
