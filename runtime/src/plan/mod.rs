@@ -5,6 +5,7 @@ pub mod devices;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
+pub mod seccomp;
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ pub use self::{
     mounts::MountPlan,
     namespaces::{NamespaceKind, NamespacePlan},
     process::ProcessPlan,
+    seccomp::SeccompPlan,
 };
 use crate::{
     cgroups::{self, CgroupPlan, Layout},
@@ -40,6 +42,7 @@ pub struct LaunchPlan {
     pub readonly_paths: Vec<PathBuf>,
     pub process: ProcessPlan,
     pub cgroup: CgroupPlan,
+    pub seccomp: Option<SeccompPlan>,
 }
 
 fn propagation(value: &str) -> Result<u64> {
@@ -205,6 +208,7 @@ pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<La
         readonly_paths: absolute_paths("linux.readonlyPaths", linux.readonly_paths().as_ref())?,
         process: process::plan_process(process)?,
         cgroup,
+        seccomp: seccomp::plan_seccomp(spec, bundle, id)?,
     })
 }
 
@@ -272,12 +276,12 @@ mod tests {
     #[test]
     fn unimplemented_fields_are_refused_by_name() {
         let mut v: serde_json::Value = serde_json::from_str(CTR_DEFAULT_SPEC).unwrap();
-        v["linux"]["seccomp"] = serde_json::json!({"defaultAction":"SCMP_ACT_ALLOW"});
+        v["linux"]["intelRdt"] = serde_json::json!({"closID":"x"});
         let spec: Spec = serde_json::from_value(v).unwrap();
         let e = build(&spec, Path::new("/b"), "c", &layout())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("linux.seccomp"), "{e}");
+        assert!(e.contains("linux.intelRdt"), "{e}");
     }
 
     #[test]
