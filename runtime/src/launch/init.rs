@@ -15,13 +15,13 @@ use super::{channel::Channel, InitMessage, ShimMessage};
 use crate::{
     plan::{LaunchPlan, NamespaceKind},
     process::{self, ExecArgs},
-    rootfs, Error, Result,
+    rootfs, seccomp, Error, Result,
 };
 
 /// Entry point of the cloned child. Never returns.
 pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
-    let exec = match setup(plan, stdio) {
-        Ok(exec) => exec,
+    let (exec, seccomp_filter) = match setup(plan, &channel, stdio) {
+        Ok(r) => r,
         Err(e) => fail(&channel, e, 1),
     };
     if channel.send(&InitMessage::Ready, &[]).is_err() {
@@ -42,6 +42,13 @@ pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
     reset_signals();
+    // noNewPrivileges: the filter goes in last, so that only execve (and the hand-off of a
+    // notify fd) runs under it.
+    if let Some(filter) = seccomp_filter {
+        if let Err(e) = filter.load(&channel) {
+            fail(&channel, e, 1)
+        }
+    }
     let e = exec.exec();
     fail(&channel, e, 127)
 }
@@ -79,7 +86,12 @@ fn dup_onto(fd: &OwnedFd, target: i32) -> Result<()> {
     Ok(())
 }
 
-fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<ExecArgs> {
+/// Returns what to exec, and the seccomp filter when it is to be loaded after Start.
+fn setup(
+    plan: &LaunchPlan,
+    channel: &Channel,
+    stdio: Vec<OwnedFd>,
+) -> Result<(ExecArgs, Option<seccomp::Filter>)> {
     // Die with the shim until we are started.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -130,11 +142,19 @@ fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<ExecArgs> {
     unsafe { libc::umask(p.umask.unwrap_or(0o022)) };
     let exe = process::resolve_executable(p)?;
     let exec = ExecArgs::new(&exe, p)?;
+    // Built now so that profile errors fail Create; loaded as late as privileges allow:
+    // without noNewPrivileges loading needs CAP_SYS_ADMIN, so before the switch below.
+    let mut filter = match &plan.seccomp {
+        Some(s) => Some(seccomp::Filter::build(s, &plan.id)?),
+        None => None,
+    };
     if p.no_new_privileges {
         process::set_no_new_privileges()?;
+    } else if let Some(f) = filter.take() {
+        f.load(channel)?;
     }
     process::switch_user_and_capabilities(p)?;
     process::enter_cwd(p)?;
     process::close_fds_on_exec()?;
-    Ok(exec)
+    Ok((exec, filter))
 }

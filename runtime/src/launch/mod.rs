@@ -11,23 +11,31 @@ pub mod channel;
 pub mod init;
 pub mod zygote;
 
+use std::os::fd::AsFd;
+
 use serde::{Deserialize, Serialize};
 
 use self::channel::Channel;
 pub use self::zygote::{Exit, ExitChannel, Zygote};
-use crate::{Error, Result};
+use crate::{plan::seccomp::ListenerPlan, seccomp, Error, Result};
 
 /// init -> shim.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum InitMessage {
     Ready,
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
+    /// Comes with the seccomp listener fd; the init waits for `SeccompNotifyFdDelivered`.
+    SeccompNotifyFd,
 }
 
 /// shim -> init.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ShimMessage {
     Start,
+    /// The seccomp agent has the notify fd.
+    SeccompNotifyFdDelivered,
 }
 
 /// A container init that is being set up or waits to be started.
@@ -35,14 +43,48 @@ pub enum ShimMessage {
 pub struct Launched {
     pub pid: i32,
     channel: Channel,
+    /// Where a seccomp notify fd goes, when the plan's filter notifies.
+    seccomp_listener: Option<ListenerPlan>,
 }
 
 impl Launched {
+    fn new(pid: i32, channel: Channel, plan: &crate::plan::LaunchPlan) -> Self {
+        Launched {
+            pid,
+            channel,
+            seccomp_listener: plan.seccomp.as_ref().and_then(|s| s.listener.clone()),
+        }
+    }
+
+    /// The next message of the init, after delivering any seccomp notify fd it sends
+    /// first (`status` is the container's state for the agent).
+    fn recv(&self, status: &str) -> Result<Option<InitMessage>> {
+        loop {
+            match self.channel.recv::<InitMessage>()? {
+                Some((InitMessage::SeccompNotifyFd, fds)) => {
+                    let (Some(listener), [fd]) = (&self.seccomp_listener, &fds[..]) else {
+                        return Err(Error::Other(
+                            "container init sent an unexpected seccomp notify fd".into(),
+                        ));
+                    };
+                    seccomp::send_to_listener(listener, self.pid, status, fd.as_fd())?;
+                    drop(fds);
+                    self.channel
+                        .send(&ShimMessage::SeccompNotifyFdDelivered, &[])?;
+                }
+                other => return Ok(other.map(|(m, _)| m)),
+            }
+        }
+    }
+
     /// Blocks until the init has applied the whole plan (the container is "created").
     pub fn wait_ready(&self) -> Result<()> {
-        match self.channel.recv::<InitMessage>()? {
-            Some((InitMessage::Ready, _)) => Ok(()),
-            Some((InitMessage::Failed { error }, _)) => Err(Error::Init(error)),
+        match self.recv("creating")? {
+            Some(InitMessage::Ready) => Ok(()),
+            Some(InitMessage::Failed { error }) => Err(Error::Init(error)),
+            Some(m) => Err(Error::Other(format!(
+                "container init sent {m:?} during setup"
+            ))),
             None => Err(Error::Init(format!(
                 "container init (pid {}) exited during setup",
                 self.pid
@@ -53,12 +95,18 @@ impl Launched {
     /// Lets the init exec the user's program; returns once the exec has happened.
     pub fn start(self) -> Result<()> {
         self.channel.send(&ShimMessage::Start, &[])?;
-        match self.channel.recv::<InitMessage>()? {
+        // A failed seccomp hand-off leaves the init waiting for a confirmation: end it.
+        let kill = |e: Error| {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            e
+        };
+        match self.recv("created").map_err(kill)? {
             None => Ok(()),
-            Some((InitMessage::Failed { error }, _)) => Err(Error::Init(error)),
-            Some((InitMessage::Ready, _)) => {
-                Err(Error::Other("container init sent Ready twice".into()))
-            }
+            Some(InitMessage::Failed { error }) => Err(Error::Init(error)),
+            Some(m) => Err(Error::Other(format!(
+                "container init sent {m:?} after Start"
+            ))),
         }
     }
 }

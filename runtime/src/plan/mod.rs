@@ -123,7 +123,6 @@ fn reject_unimplemented(spec: &Spec) -> Result<()> {
             "linux.sysctl",
             linux.sysctl().as_ref().is_some_and(|v| !v.is_empty()),
         ),
-        ("linux.seccomp", linux.seccomp().is_some()),
         ("linux.intelRdt", linux.intel_rdt().is_some()),
         ("linux.memoryPolicy", linux.memory_policy().is_some()),
         ("linux.personality", linux.personality().is_some()),
