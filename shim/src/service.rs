@@ -314,7 +314,13 @@ impl Service {
             unsafe { libc::kill(pid, libc::SIGKILL) };
             return Err(Error::Runtime(e));
         }
-        launched.start()?;
+        if let Err(e) = launched.start() {
+            // The init failed or was killed: wait for its exit, so that the task reads as
+            // stopped (a client refuses to delete a "created" task with a pid).
+            drop(s);
+            c.init.wait();
+            return Err(e.into());
+        }
         if s.status == Status::Created {
             s.status = Status::Running;
         }

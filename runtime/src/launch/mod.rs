@@ -92,7 +92,8 @@ impl Launched {
         }
     }
 
-    /// Lets the init exec the user's program; returns once the exec has happened.
+    /// Lets the init exec the user's program; returns once the exec has happened. On an
+    /// error the init has exited or is being killed.
     pub fn start(self) -> Result<()> {
         self.channel.send(&ShimMessage::Start, &[])?;
         // A failed seccomp hand-off leaves the init waiting for a confirmation: end it.
