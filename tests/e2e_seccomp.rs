@@ -166,7 +166,8 @@ fn custom_profile_errno_and_argument_conditions_like_runc() {
 
 /// Bad profiles fail `ctr run` with an error that names the field and its value, and
 /// leave nothing behind. The first two are refused while parsing config.json, the third
-/// by libseccomp in the init, the fourth by the plan.
+/// by libseccomp in the init, the fourth by the plan (the runtime spec says an errnoRet on
+/// an action without one MUST fail; runc ignores it, so that case is ours only).
 #[test]
 fn invalid_profiles_fail_create_naming_the_field() {
     let _serial = shared();
@@ -196,6 +197,9 @@ fn invalid_profiles_fail_create_naming_the_field() {
         ),
     ];
     for (i, (profile, needles)) in cases.into_iter().enumerate() {
+        if i == 3 && !testing_our_shim() {
+            continue;
+        }
         let file = s.profile(&format!("bad{i}.json"), profile);
         for privs in PRIVS {
             let id = unique_id("sc-invalid");
