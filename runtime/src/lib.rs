@@ -12,6 +12,7 @@ pub mod launch;
 pub mod plan;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod terminal;

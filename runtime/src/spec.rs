@@ -19,12 +19,22 @@ pub fn load(bundle: &Path) -> Result<Spec> {
 
 /// Parses config.json bytes; `file` only names the source in errors.
 pub fn parse(bytes: &[u8], file: &Path) -> Result<Spec> {
-    let spec: Spec = serde_json::from_slice(bytes).map_err(|e| Error::SpecParse {
+    let spec: Spec = serde_json::from_slice(bytes).map_err(|_| Error::SpecParse {
         file: file.to_path_buf(),
-        message: e.to_string(),
+        message: located_parse_error(bytes),
     })?;
     check_version(spec.version())?;
     Ok(spec)
+}
+
+/// Parses again, on the error path only, to name the field that failed
+/// (`linux.seccomp.syscalls[3].action: unknown variant ...`).
+fn located_parse_error(bytes: &[u8]) -> String {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, Spec>(de) {
+        Err(e) => e.to_string(),
+        Ok(_) => "parse failed".into(),
+    }
 }
 
 fn check_version(version: &str) -> Result<()> {
@@ -75,6 +85,19 @@ mod tests {
         let err = parse_str("{not json").unwrap_err().to_string();
         assert!(
             err.starts_with("/b/config.json: invalid OCI runtime spec"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_its_field() {
+        let s = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"linux":{"seccomp":
+            {"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+              {"names":["read"],"action":"SCMP_ACT_ALLOW"},
+              {"names":["mkdir"],"action":"SCMP_ACT_BOGUS"}]}}}"#;
+        let err = parse_str(s).unwrap_err().to_string();
+        assert!(
+            err.contains("linux.seccomp.syscalls[1].action: unknown variant `SCMP_ACT_BOGUS`"),
             "{err}"
         );
     }

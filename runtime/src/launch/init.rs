@@ -16,12 +16,16 @@ use crate::{
     hooks,
     plan::{LaunchPlan, NamespaceKind},
     process::{self, ExecArgs},
-    rootfs, terminal, Error, Result,
+    rootfs, seccomp, terminal, Error, Result,
 };
 
 /// Entry point of the cloned child. Never returns.
 pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
-    let (exec, console) = match setup(plan, &channel, stdio) {
+    let Prepared {
+        exec,
+        console,
+        seccomp_filter,
+    } = match setup(plan, &channel, stdio) {
         Ok(r) => r,
         Err(e) => fail(&channel, e, 1),
     };
@@ -36,12 +40,6 @@ pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
         // The shim went away or deleted us before start.
         _ => std::process::exit(1),
     }
-    // The shim has moved us into the container's cgroup by now: make it the namespace root.
-    if plan.namespaces.creates(NamespaceKind::Cgroup) {
-        if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP) {
-            fail(&channel, Error::sys("create cgroup namespace", e), 1);
-        }
-    }
     // Before the signal reset: the hook runner relies on SIGPIPE being ignored.
     if let Err(e) = hooks::start_container(&plan.hooks) {
         fail(&channel, e, 1);
@@ -50,6 +48,13 @@ pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
     reset_signals();
+    // noNewPrivileges: the filter goes in last, so that only execve (and the hand-off of a
+    // notify fd) runs under it.
+    if let Some(filter) = seccomp_filter {
+        if let Err(e) = filter.load(&channel) {
+            fail(&channel, e, 1)
+        }
+    }
     let e = exec.exec();
     fail(&channel, e, 127)
 }
@@ -90,8 +95,12 @@ fn dup_onto(fd: &OwnedFd, target: i32) -> Result<()> {
 /// Between the mounts and pivot_root: the shim runs prestart and createRuntime in the runtime
 /// namespaces while we wait, then we run createContainer in ours (paths still resolve on
 /// the host, since the root has not moved yet).
+///
+/// The same round trip makes sure we are in our cgroup before we create a cgroup
+/// namespace (its root is the cgroup we are in), while we still hold CAP_SYS_ADMIN.
 fn create_hooks(plan: &LaunchPlan, channel: &Channel) -> Result<()> {
-    if plan.hooks.has_runtime_create_hooks() {
+    let new_cgroupns = plan.namespaces.creates(NamespaceKind::Cgroup);
+    if plan.hooks.has_runtime_create_hooks() || new_cgroupns {
         channel.send(&InitMessage::RunCreateHooks, &[])?;
         match channel.recv::<ShimMessage>()? {
             Some((ShimMessage::CreateHooksDone, _)) => {}
@@ -103,14 +112,23 @@ fn create_hooks(plan: &LaunchPlan, channel: &Channel) -> Result<()> {
             }
         }
     }
+    if new_cgroupns {
+        unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| Error::sys("create cgroup namespace", e))?;
+    }
     hooks::create_container(&plan.hooks, &plan.rootfs)
 }
 
-fn setup(
-    plan: &LaunchPlan,
-    channel: &Channel,
-    stdio: Vec<OwnedFd>,
-) -> Result<(ExecArgs, Option<OwnedFd>)> {
+/// What setup leaves for after Start.
+struct Prepared {
+    exec: ExecArgs,
+    /// The pty master, for the shim.
+    console: Option<OwnedFd>,
+    /// The seccomp filter when it is to be loaded after Start (noNewPrivileges).
+    seccomp_filter: Option<seccomp::Filter>,
+}
+
+fn setup(plan: &LaunchPlan, channel: &Channel, stdio: Vec<OwnedFd>) -> Result<Prepared> {
     // Die with the shim until we are started.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -173,11 +191,23 @@ fn setup(
     unsafe { libc::umask(p.umask.unwrap_or(0o022)) };
     let exe = process::resolve_executable(p)?;
     let exec = ExecArgs::new(&exe, p)?;
+    // Built now so that profile errors fail Create; loaded as late as privileges allow:
+    // without noNewPrivileges loading needs CAP_SYS_ADMIN, so before the switch below.
+    let mut filter = match &plan.seccomp {
+        Some(s) => Some(seccomp::Filter::build(s, &plan.id)?),
+        None => None,
+    };
     if p.no_new_privileges {
         process::set_no_new_privileges()?;
+    } else if let Some(f) = filter.take() {
+        f.load(channel)?;
     }
     process::switch_user_and_capabilities(p)?;
     process::enter_cwd(p)?;
     process::close_fds_on_exec()?;
-    Ok((exec, console))
+    Ok(Prepared {
+        exec,
+        console,
+        seccomp_filter: filter,
+    })
 }

@@ -11,13 +11,13 @@ pub mod channel;
 pub mod init;
 pub mod zygote;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
 use self::channel::Channel;
 pub use self::zygote::{Exit, ExitChannel, Zygote};
-use crate::{Error, Result};
+use crate::{plan::seccomp::ListenerPlan, seccomp, Error, Result};
 
 /// init -> shim.
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +28,8 @@ pub enum InitMessage {
     },
     /// The mounts are done, pivot_root is next: run prestart and createRuntime now.
     RunCreateHooks,
+    /// Comes with the seccomp listener fd; the init waits for `SeccompNotifyFdDelivered`.
+    SeccompNotifyFd,
 }
 
 /// shim -> init.
@@ -36,6 +38,8 @@ pub enum ShimMessage {
     Start,
     /// The runtime-namespace create hooks succeeded.
     CreateHooksDone,
+    /// The seccomp agent has the notify fd.
+    SeccompNotifyFdDelivered,
 }
 
 /// A container init that is being set up or waits to be started.
@@ -43,9 +47,40 @@ pub enum ShimMessage {
 pub struct Launched {
     pub pid: i32,
     channel: Channel,
+    /// Where a seccomp notify fd goes, when the plan's filter notifies.
+    seccomp_listener: Option<ListenerPlan>,
 }
 
 impl Launched {
+    fn new(pid: i32, channel: Channel, plan: &crate::plan::LaunchPlan) -> Self {
+        Launched {
+            pid,
+            channel,
+            seccomp_listener: plan.seccomp.as_ref().and_then(|s| s.listener.clone()),
+        }
+    }
+
+    /// The next message of the init, after delivering any seccomp notify fd it sends
+    /// first (`status` is the container's state for the agent).
+    fn recv(&self, status: &str) -> Result<Option<(InitMessage, Vec<OwnedFd>)>> {
+        loop {
+            match self.channel.recv::<InitMessage>()? {
+                Some((InitMessage::SeccompNotifyFd, fds)) => {
+                    let (Some(listener), [fd]) = (&self.seccomp_listener, &fds[..]) else {
+                        return Err(Error::Other(
+                            "container init sent an unexpected seccomp notify fd".into(),
+                        ));
+                    };
+                    seccomp::send_to_listener(listener, self.pid, status, fd.as_fd())?;
+                    drop(fds);
+                    self.channel
+                        .send(&ShimMessage::SeccompNotifyFdDelivered, &[])?;
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
     /// Blocks until the init has applied the whole plan (the container is "created").
     /// `create_hooks` runs the runtime-namespace create hooks when the init asks for them
     /// (before its pivot_root); its error fails the create. Returns the pty master when the
@@ -53,7 +88,7 @@ impl Launched {
     pub fn wait_ready(&self, create_hooks: impl FnOnce() -> Result<()>) -> Result<Option<OwnedFd>> {
         let mut create_hooks = Some(create_hooks);
         loop {
-            match self.channel.recv::<InitMessage>()? {
+            match self.recv("creating")? {
                 Some((InitMessage::Ready, mut fds)) => return Ok(fds.pop()),
                 Some((InitMessage::RunCreateHooks, _)) => {
                     let run = create_hooks.take().ok_or_else(|| {
@@ -63,6 +98,11 @@ impl Launched {
                     self.channel.send(&ShimMessage::CreateHooksDone, &[])?;
                 }
                 Some((InitMessage::Failed { error }, _)) => return Err(Error::Init(error)),
+                Some((m, _)) => {
+                    return Err(Error::Other(format!(
+                        "container init sent {m:?} during setup"
+                    )))
+                }
                 None => {
                     return Err(Error::Init(format!(
                         "container init (pid {}) exited during setup",
@@ -73,10 +113,17 @@ impl Launched {
         }
     }
 
-    /// Lets the init exec the user's program; returns once the exec has happened.
+    /// Lets the init exec the user's program; returns once the exec has happened. On an
+    /// error the init has exited or is being killed.
     pub fn start(self) -> Result<()> {
         self.channel.send(&ShimMessage::Start, &[])?;
-        match self.channel.recv::<InitMessage>()? {
+        // A failed seccomp hand-off leaves the init waiting for a confirmation: end it.
+        let kill = |e: Error| {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            e
+        };
+        match self.recv("created").map_err(kill)? {
             None => Ok(()),
             Some((InitMessage::Failed { error }, _)) => Err(Error::Init(error)),
             Some((m, _)) => Err(Error::Other(format!(

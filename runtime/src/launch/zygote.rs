@@ -112,10 +112,7 @@ impl Zygote {
         match channel.recv::<Reply>()? {
             Some((Reply::Launched { pid }, mut fds)) if fds.len() == 1 => {
                 register(pid);
-                Ok(Launched {
-                    pid,
-                    channel: Channel::from(fds.pop().unwrap()),
-                })
+                Ok(Launched::new(pid, Channel::from(fds.pop().unwrap()), plan))
             }
             Some((Reply::Failed { error }, _)) => Err(Error::Init(error)),
             Some(_) => Err(Error::Other("launcher sent a malformed reply".into())),

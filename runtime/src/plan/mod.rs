@@ -6,6 +6,7 @@ pub mod hooks;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
+pub mod seccomp;
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,7 @@ pub use self::{
     mounts::MountPlan,
     namespaces::{NamespaceKind, NamespacePlan},
     process::ProcessPlan,
+    seccomp::SeccompPlan,
 };
 use crate::{
     cgroups::{self, CgroupPlan, Layout},
@@ -43,6 +45,7 @@ pub struct LaunchPlan {
     pub process: ProcessPlan,
     pub cgroup: CgroupPlan,
     pub hooks: HooksPlan,
+    pub seccomp: Option<SeccompPlan>,
     /// An extra process in a running container (exec): it joins the container's
     /// namespaces and cgroup and leaves the rootfs as it is.
     #[serde(default)]
@@ -91,6 +94,8 @@ pub fn exec_plan(container: &LaunchPlan, init_pid: i32, process: ProcessPlan) ->
         },
         // Hooks belong to the container's lifecycle, not to its execs.
         hooks: HooksPlan::default(),
+        // The container's filter applies to its execs too (as with runc).
+        seccomp: container.seccomp.clone(),
         exec: true,
     }
 }
@@ -151,7 +156,6 @@ fn reject_unimplemented(spec: &Spec) -> Result<()> {
             "linux.sysctl",
             linux.sysctl().as_ref().is_some_and(|v| !v.is_empty()),
         ),
-        ("linux.seccomp", linux.seccomp().is_some()),
         ("linux.intelRdt", linux.intel_rdt().is_some()),
         ("linux.memoryPolicy", linux.memory_policy().is_some()),
         ("linux.personality", linux.personality().is_some()),
@@ -237,6 +241,7 @@ pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<La
         process: process::plan_process(process)?,
         cgroup,
         hooks: hooks::plan_hooks(spec, bundle, id)?,
+        seccomp: seccomp::plan_seccomp(spec, bundle, id)?,
         exec: false,
     })
 }
@@ -305,12 +310,12 @@ mod tests {
     #[test]
     fn unimplemented_fields_are_refused_by_name() {
         let mut v: serde_json::Value = serde_json::from_str(CTR_DEFAULT_SPEC).unwrap();
-        v["linux"]["seccomp"] = serde_json::json!({"defaultAction":"SCMP_ACT_ALLOW"});
+        v["linux"]["intelRdt"] = serde_json::json!({"closID":"x"});
         let spec: Spec = serde_json::from_value(v).unwrap();
         let e = build(&spec, Path::new("/b"), "c", &layout())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("linux.seccomp"), "{e}");
+        assert!(e.contains("linux.intelRdt"), "{e}");
     }
 
     #[test]
