@@ -17,7 +17,11 @@ use containerd_shim_protos::{
     events::task::{
         TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
     },
-    protobuf::{well_known_types::timestamp::Timestamp, EnumOrUnknown, MessageField},
+    protobuf::{
+        well_known_types::{any::Any, timestamp::Timestamp},
+        EnumOrUnknown, Message, MessageField,
+    },
+    shim::oci::ProcessDetails,
     shim::shim_ttrpc::Task,
     topics,
     ttrpc::{self, TtrpcContext},
@@ -741,11 +745,34 @@ impl Service {
 
     fn do_pids(&self, req: &PidsRequest) -> Result<PidsResponse> {
         let c = self.container(&req.id)?;
+        // Exec pids carry their exec id, as containerd's runc shim reports them.
+        let exec_ids: HashMap<u32, String> = c
+            .execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, e)| (e.process.lock().pid.max(0) as u32, id.clone()))
+            .collect();
         let processes = cgroups::pids(&c.plan.cgroup)
             .into_iter()
-            .map(|pid| containerd_shim_protos::types::task::ProcessInfo {
-                pid: pid as u32,
-                ..Default::default()
+            .map(|pid| {
+                let pid = pid as u32;
+                let info = exec_ids.get(&pid).and_then(|exec_id| {
+                    let details = ProcessDetails {
+                        exec_id: exec_id.clone(),
+                        ..Default::default()
+                    };
+                    Some(Any {
+                        type_url: "containerd.runc.v1.ProcessDetails".into(),
+                        value: details.write_to_bytes().ok()?,
+                        ..Default::default()
+                    })
+                });
+                containerd_shim_protos::types::task::ProcessInfo {
+                    pid,
+                    info: info.into(),
+                    ..Default::default()
+                }
             })
             .collect();
         Ok(PidsResponse {

@@ -341,14 +341,23 @@ impl LaunchIo {
             stdin_pipe,
             terminal_out,
         } = self;
-        drop(child);
         let mut io = ProcessIo::default();
+        // Our own handles on the output streams, to see them drained before the exit goes out.
+        if console.is_none() {
+            let outputs = child[1..]
+                .iter()
+                .filter_map(|f| f.try_clone().ok())
+                .collect();
+            io.outputs = Mutex::new(outputs);
+        }
+        drop(child);
         let master = console.map(|m| Arc::new(File::from(m)));
         if let (Some(master), Some(out)) = (&master, terminal_out) {
             let (tx, rx) = mpsc::channel();
             let m = master.clone();
             spawn("console-out", move || {
-                copy(&*m, out);
+                copy(&*m, &out);
+                wait_drained(&out, std::time::Instant::now() + Duration::from_secs(2));
                 let _ = tx.send(());
             })?;
             io.output_done = Some(Mutex::new(rx));
@@ -379,6 +388,22 @@ pub struct ProcessIo {
     /// Closing it stops the stdin thread (after it copied what is already in the fifo).
     stdin_cancel: Mutex<Option<File>>,
     output_done: Option<Mutex<mpsc::Receiver<()>>>,
+    /// Write ends of the stdout/stderr fifos (or pipes), held until the exit.
+    outputs: Mutex<Vec<File>>,
+}
+
+/// Waits (bounded) until the reader of a fifo or pipe has taken everything written to it:
+/// a client that stops reading when it learns of the exit must not lose the last output.
+fn wait_drained(f: &File, deadline: std::time::Instant) {
+    loop {
+        let mut pending: libc::c_int = 0;
+        // SAFETY: FIONREAD writes an int we own.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut pending) };
+        if r != 0 || pending == 0 || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 impl std::fmt::Debug for ProcessIo {
@@ -410,12 +435,19 @@ impl ProcessIo {
 
     /// After the process exited: lets the terminal output reach containerd before the exit
     /// is announced (bounded, in case a background process keeps the pty open).
+    /// Also waits until the client has read what the process wrote to its fifos, then
+    /// closes our handles so the client sees EOF.
     pub fn wait_output(&self, timeout: Duration) {
         if let Some(rx) = &self.output_done {
             let _ = rx
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .recv_timeout(timeout);
+        }
+        let outputs = std::mem::take(&mut *self.outputs.lock().unwrap_or_else(|p| p.into_inner()));
+        let deadline = std::time::Instant::now() + timeout;
+        for f in &outputs {
+            wait_drained(f, deadline);
         }
     }
 }
