@@ -13,6 +13,7 @@ use nix::{
 
 use super::{channel::Channel, InitMessage, ShimMessage};
 use crate::{
+    kernel,
     plan::{LaunchPlan, NamespaceKind},
     process::{self, ExecArgs},
     rootfs, Error, Result,
@@ -31,6 +32,11 @@ pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
         Ok(Some((ShimMessage::Start, _))) => {}
         // The shim went away or deleted us before start.
         _ => std::process::exit(1),
+    }
+    if let Some(cpus) = &plan.kernel.cpu_affinity_final {
+        if let Err(e) = kernel::set_cpu_affinity("process.execCPUAffinity.final", cpus) {
+            fail(&channel, e, 1);
+        }
     }
     // The shim has moved us into the container's cgroup by now: make it the namespace root.
     if plan.namespaces.creates(NamespaceKind::Cgroup) {
@@ -83,6 +89,9 @@ fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<ExecArgs> {
     // Die with the shim until we are started.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if let Some(cpus) = &plan.kernel.cpu_affinity_initial {
+        kernel::set_cpu_affinity("process.execCPUAffinity.initial", cpus)?;
+    }
     nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
     for (fd, target) in stdio.iter().zip(0..) {
         dup_onto(fd, target)?;
@@ -121,8 +130,14 @@ fn setup(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<ExecArgs> {
     if let Some(adj) = plan.process.oom_score_adj {
         process::set_oom_score_adj(adj)?;
     }
+    if plan.kernel.loopback_up {
+        kernel::loopback_up()?;
+    }
+    // Exec labels take effect at execve; written while /proc is still the host's.
+    kernel::apply_lsm_labels(&plan.kernel)?;
 
     rootfs::prepare(plan)?;
+    kernel::apply_process_settings(&plan.kernel)?;
 
     let p = &plan.process;
     process::set_rlimits(p)?;
