@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod exits;
 pub mod logger;
+pub mod options;
 pub mod protocol;
 pub mod service;
 pub mod stdio;

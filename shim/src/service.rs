@@ -32,7 +32,7 @@ use crate::{
     error::{Error, Result},
     events::EventQueue,
     exits::ExitMonitor,
-    stdio,
+    options, stdio,
 };
 
 /// Set when the daemon may exit (Shutdown with no container left).
@@ -166,10 +166,7 @@ impl Service {
             ));
         }
         if let Some(opts) = req.options.as_ref() {
-            debug!(
-                "create {id}: ignoring runtime options of type {}",
-                opts.type_url
-            );
+            debug!("create {id}: runtime options of type {}", opts.type_url);
         }
         let bundle = PathBuf::from(&req.bundle);
         let rootfs_mounted = mount_rootfs(&bundle, &req.rootfs)?;
@@ -184,7 +181,13 @@ impl Service {
         let id = req.id.clone();
         let t0 = std::time::Instant::now();
         let spec = runtime::spec::load(bundle)?;
-        let plan = runtime::plan::build(&spec, bundle, &id, Layout::host())?;
+        let mut plan = runtime::plan::build(&spec, bundle, &id, Layout::host())?;
+        let opts = req.options.as_ref();
+        plan.no_pivot_root = options::parse(
+            opts.map(|o| o.type_url.as_str()),
+            opts.map_or(&[][..], |o| &o.value[..]),
+        )?
+        .no_pivot_root;
         let io = stdio::open(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         let t_planned = t0.elapsed();
         if let Err(e) = cgroups::create(&plan.cgroup) {
