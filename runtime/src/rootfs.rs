@@ -100,20 +100,10 @@ fn apply_mount(root: &RootDir, plan: &LaunchPlan, index: usize, m: &MountPlan) -
     if let Some(cg) = &m.cgroup {
         return cgroupfs::mount(root, &field, m, cg);
     }
-    let mut flags = MsFlags::from_bits_retain(m.flags);
-    let mut source = m.source.clone();
-    let mut fstype = m.fstype.clone();
-    let mut data = m.data.clone();
+    let flags = MsFlags::from_bits_retain(m.flags);
+    let (source, fstype, data) = (&m.source, &m.fstype, &m.data);
     if matches!(fstype.as_deref(), Some("proc") | Some("sysfs")) && !m.is_bind() {
         check_no_symlinks(root, &field, &m.destination)?;
-    }
-
-    // Without its own network namespace, a container cannot mount a fresh sysfs: bind the host's.
-    if fstype.as_deref() == Some("sysfs") && !plan.namespaces.has(NamespaceKind::Network) {
-        flags |= MsFlags::MS_BIND | MsFlags::MS_REC;
-        source = Some(PathBuf::from("/sys"));
-        fstype = None;
-        data.clear();
     }
 
     let is_bind = flags.contains(MsFlags::MS_BIND);
@@ -152,22 +142,34 @@ fn apply_mount(root: &RootDir, plan: &LaunchPlan, index: usize, m: &MountPlan) -
         } else {
             None
         };
-        sys(
-            || {
-                format!(
-                    "{}: mount type {}",
-                    what(),
-                    fstype.as_deref().unwrap_or("none")
-                )
-            },
-            mount_at(
-                source.as_deref(),
-                target.as_fd(),
-                fstype.as_deref(),
-                flags,
-                (!data.is_empty()).then_some(data.as_str()),
-            ),
-        )?;
+        let mounted = mount_at(
+            source.as_deref(),
+            target.as_fd(),
+            fstype.as_deref(),
+            flags,
+            (!data.is_empty()).then_some(data.as_str()),
+        );
+        match mounted {
+            // A fresh sysfs needs a network namespace owned by our user namespace; where the
+            // kernel refuses it, bind the host's, with the spec's restrictions on every
+            // submount (a fresh sysfs would have none to leave writable).
+            Err(nix::Error::EPERM)
+                if fstype.as_deref() == Some("sysfs")
+                    && !plan.namespaces.has(NamespaceKind::Network) =>
+            {
+                return bind_host_sysfs(root, &field, m, target.as_fd());
+            }
+            r => sys(
+                || {
+                    format!(
+                        "{}: mount type {}",
+                        what(),
+                        fstype.as_deref().unwrap_or("none")
+                    )
+                },
+                r,
+            )?,
+        }
         if let Some(covered) = covered {
             let new = root
                 .open_in(&m.destination, libc::O_RDONLY | libc::O_DIRECTORY)
@@ -185,6 +187,29 @@ fn apply_mount(root: &RootDir, plan: &LaunchPlan, index: usize, m: &MountPlan) -
         }
     }
     set_propagation(root, &field, &m.destination, &m.propagation)
+}
+
+fn bind_host_sysfs(
+    root: &RootDir,
+    field: &str,
+    m: &MountPlan,
+    target: BorrowedFd<'_>,
+) -> Result<()> {
+    let restrict = MountAttr::from_ms_flags(
+        m.flags & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC),
+    );
+    let recursive = MountAttr {
+        set: m.recursive.set | restrict.set,
+        clear: m.recursive.clear & !restrict.set,
+    };
+    let top = MountAttr::from_ms_flags(m.flags & BIND_ATTR_FLAGS);
+    bind_onto(Path::new("/sys"), target, true, top, recursive).map_err(|e| {
+        Error::Init(format!(
+            "{field} ({}): bind the host's /sys: {e}",
+            m.destination.display()
+        ))
+    })?;
+    set_propagation(root, field, &m.destination, &m.propagation)
 }
 
 /// Applies propagation changes to the mount now at `dest`.
@@ -427,4 +452,177 @@ pub fn prepare(plan: &LaunchPlan) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{os::unix::fs::symlink, process::Command};
+
+    const IN_PRIVATE_NS: &str = "SHIM_RS_TEST_IN_PRIVATE_MOUNT_NS";
+
+    /// Runs the named test of this binary again, alone, in a private mount namespace (needs
+    /// root and unshare(1)); true when this process is that run.
+    fn in_private_mount_ns(test: &str) -> bool {
+        if std::env::var_os(IN_PRIVATE_NS).is_some() {
+            return true;
+        }
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--test-threads=1", "--nocapture"])
+            .env(IN_PRIVATE_NS, "1")
+            .output()
+            .expect("run unshare(1)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{test} in a private mount namespace: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        false
+    }
+
+    fn mount_points() -> Vec<PathBuf> {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+            .collect()
+    }
+
+    /// The CVE-2021-30465 pattern: the destination is resolved, then the image swaps a
+    /// directory on the path for a symlink to the host before the mount happens. Mounting
+    /// onto the resolved descriptor still lands where the lookup went.
+    #[test]
+    fn a_symlink_swapped_in_after_the_lookup_cannot_redirect_the_mount() {
+        if !in_private_mount_ns(
+            "rootfs::tests::a_symlink_swapped_in_after_the_lookup_cannot_redirect_the_mount",
+        ) {
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("shim-rs-swap-{}", std::process::id()));
+        let (root, host) = (base.join("root"), base.join("host"));
+        for d in [
+            root.join("a/fs"),
+            root.join("a/bind"),
+            host.join("fs"),
+            host.join("bind"),
+        ] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let source = base.join("source");
+        fs::create_dir_all(&source).unwrap();
+        fs::write(source.join("marker"), "bound").unwrap();
+
+        let r = RootDir::open(&root).unwrap();
+        let fs_target = r.create(Path::new("/a/fs"), Create::Dir).unwrap();
+        let bind_target = r.create(Path::new("/a/bind"), Create::Dir).unwrap();
+        // The swap.
+        fs::rename(root.join("a"), root.join("a.old")).unwrap();
+        symlink(&host, root.join("a")).unwrap();
+
+        mount_at(
+            Some(Path::new("tmpfs")),
+            fs_target.as_fd(),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None,
+        )
+        .unwrap();
+        bind_onto(
+            &source,
+            bind_target.as_fd(),
+            false,
+            MountAttr::default(),
+            MountAttr::default(),
+        )
+        .unwrap();
+
+        let mounts = mount_points();
+        assert!(mounts.contains(&root.join("a.old/fs")), "{mounts:?}");
+        assert!(mounts.contains(&root.join("a.old/bind")), "{mounts:?}");
+        assert!(!mounts.iter().any(|m| m.starts_with(&host)), "{mounts:?}");
+        assert_eq!(
+            fs::read_to_string(root.join("a.old/bind/marker")).unwrap(),
+            "bound"
+        );
+        assert_eq!(fs::read_dir(host.join("bind")).unwrap().count(), 0);
+        for m in ["a.old/fs", "a.old/bind"] {
+            umount2(&root.join(m), MntFlags::MNT_DETACH).unwrap();
+        }
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// Where the kernel refuses a fresh sysfs (user namespaces), the host's is bound with the
+    /// spec's restrictions on every submount: its cgroup mounts must not be writable.
+    #[test]
+    fn host_sysfs_fallback_is_read_only_all_the_way_down() {
+        if !in_private_mount_ns("rootfs::tests::host_sysfs_fallback_is_read_only_all_the_way_down")
+        {
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("shim-rs-sysfs-{}", std::process::id()));
+        fs::create_dir_all(base.join("root/sys")).unwrap();
+        let m: oci_spec::runtime::Mount = serde_json::from_str(
+            r#"{"destination":"/sys","type":"sysfs","source":"sysfs",
+                "options":["nosuid","noexec","nodev","ro"]}"#,
+        )
+        .unwrap();
+        let plan = crate::plan::mounts::plan_mount(5, &m, Path::new("/b")).unwrap();
+        let r = RootDir::open(&base.join("root")).unwrap();
+        let target = r.create(Path::new("/sys"), Create::Dir).unwrap();
+        bind_host_sysfs(&r, "mounts[5]", &plan, target.as_fd()).unwrap();
+        let sub = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+            .filter(|p| p.starts_with(base.join("root/sys")))
+            .collect::<Vec<_>>();
+        assert!(sub.len() > 1, "no submounts came along: {sub:?}");
+        for p in &sub {
+            let f = statvfs(p).unwrap().flags();
+            for flag in [FsFlags::ST_RDONLY, FsFlags::ST_NOSUID, FsFlags::ST_NOEXEC] {
+                assert!(f.contains(flag), "{} lacks {flag:?}", p.display());
+            }
+        }
+        umount2(&base.join("root/sys"), MntFlags::MNT_DETACH).unwrap();
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// The recursive attributes reach every mount below the destination; the plain ones only
+    /// the top.
+    #[test]
+    fn recursive_attributes_reach_submounts_of_a_bind() {
+        if !in_private_mount_ns("rootfs::tests::recursive_attributes_reach_submounts_of_a_bind") {
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("shim-rs-rattr-{}", std::process::id()));
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        mount(
+            Some("tmpfs"),
+            &src.join("sub"),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            NONE,
+        )
+        .unwrap();
+        let target = fs::File::open(&dst).unwrap();
+        let ro = MountAttr::from_ms_flags(libc::MS_RDONLY);
+        let rec = MountAttr {
+            set: mountapi::MOUNT_ATTR_NOEXEC,
+            clear: 0,
+        };
+        bind_onto(&src, target.as_fd(), true, ro, rec).unwrap();
+        let flags = |p: &Path| statvfs(p).unwrap().flags();
+        assert!(flags(&dst).contains(FsFlags::ST_RDONLY));
+        assert!(flags(&dst).contains(FsFlags::ST_NOEXEC));
+        assert!(!flags(&dst.join("sub")).contains(FsFlags::ST_RDONLY));
+        assert!(flags(&dst.join("sub")).contains(FsFlags::ST_NOEXEC));
+        umount2(&dst, MntFlags::MNT_DETACH).unwrap();
+        umount2(&src.join("sub"), MntFlags::MNT_DETACH).unwrap();
+        fs::remove_dir_all(&base).unwrap();
+    }
 }
