@@ -458,20 +458,21 @@ fn host_network_container_gets_no_host_sysfs_submounts() {
     assert_eq!(outputs[0], outputs[1]);
 }
 
-/// The propagation of the container's "/" (optional fields of its mountinfo line). This
-/// host's mounts are private, so the slave variants show no master, as under runc.
+/// The propagation of the container's "/" (optional fields of its mountinfo line). A slave
+/// shows its master only when the host's mount of the rootfs is shared (not on this host,
+/// unless someone else's test made it so meanwhile).
 #[test]
 fn rootfs_propagation_variants() {
     let _serial = shared();
-    for (value, expect) in [
-        ("shared", "shared:"),
-        ("rshared", "shared:"),
-        ("slave", ""),
-        ("rslave", ""),
-        ("private", ""),
-        ("rprivate", ""),
-        ("unbindable", "unbindable"),
-        ("runbindable", "unbindable"),
+    for (value, allowed) in [
+        ("shared", &["shared:"][..]),
+        ("rshared", &["shared:"]),
+        ("slave", &["-", "master:"]),
+        ("rslave", &["-", "master:"]),
+        ("private", &["-"]),
+        ("rprivate", &["-"]),
+        ("unbindable", &["unbindable"]),
+        ("runbindable", &["unbindable"]),
     ] {
         let id = unique_id("prop");
         let (out, err, code) = run_clean_with(
@@ -486,15 +487,78 @@ fn rootfs_propagation_variants() {
         );
         assert_eq!(code, 0, "{value}: {err}");
         let field = out.trim();
-        if expect.is_empty() {
-            assert_eq!(field, "-", "{value}: optional fields {field}");
-        } else {
-            assert!(
-                field.starts_with(expect),
-                "{value}: optional fields {field}"
-            );
+        assert!(
+            allowed.iter().any(|a| field.starts_with(a)),
+            "{value}: optional fields {field:?}, expected one of {allowed:?}"
+        );
+    }
+}
+
+/// A shared host mount bound into the container: rslave receives (master:N), rprivate is cut
+/// off, and rshared with a shared bind (Kubernetes' Bidirectional) is a peer, so a mount
+/// made inside shows up on the host. Same as runc.
+#[test]
+fn bind_propagation_against_a_shared_host_mount() {
+    let _serial = shared();
+    let s = Scratch::new(&unique_id("sharedsrc"));
+    let src = s.0.join("shared");
+    fs::create_dir_all(&src).unwrap();
+    let sh = |cmd: &str| {
+        let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    let src_s = src.to_str().unwrap().to_owned();
+    sh(&format!(
+        "mount -t tmpfs tmpfs {src_s} && mount --make-shared {src_s}"
+    ));
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").args(["-R", &self.0]).status();
         }
     }
+    let _unmount = Unmount(src_s.clone());
+
+    let mut outputs = Vec::new();
+    for rt in [runtime(), RUNC.to_string()] {
+        for (prop, opts) in [
+            ("rslave", "rbind"),
+            ("rprivate", "rbind"),
+            ("rshared", "rbind:rshared"),
+        ] {
+            let id = unique_id("bidi");
+            // Not named after the container: on the host it is the test's, not a leftover.
+            let inner = unique_id("inner");
+            let m = format!("type=bind,src={src_s},dst=/shared,options={opts}");
+            let probe = format!(
+                "mkdir /shared/{inner} && mount -t tmpfs none /shared/{inner} && \
+                 awk '$5 == \"/shared\" {{print $7}}' /proc/self/mountinfo"
+            );
+            let (out, err, code) = run_clean_with(
+                &rt,
+                &id,
+                &["--privileged", "--rootfs-propagation", prop, "--mount", &m],
+                &["sh", "-c", &probe],
+            );
+            assert_eq!(code, 0, "{rt} {prop}: {err}");
+            let on_host = host_mounts_mentioning(&format!("{src_s}/{inner}"));
+            for l in &on_host {
+                let mp = l.split(' ').nth(4).unwrap();
+                sh(&format!("umount {mp}"));
+            }
+            let tag = out.trim().split(':').next().unwrap_or("").to_owned();
+            outputs.push(format!("{prop} {tag} host-sees-it={}", !on_host.is_empty()));
+        }
+    }
+    assert_eq!(
+        outputs[..3],
+        [
+            "rslave master host-sees-it=false",
+            "rprivate - host-sees-it=false",
+            "rshared shared host-sees-it=true",
+        ]
+    );
+    assert_eq!(outputs[..3], outputs[3..]);
 }
 
 /// `ctr run --no-pivot` (containerd's no_pivot_root): the init moves the rootfs onto "/" and

@@ -8,7 +8,7 @@
 
 use std::{
     fs,
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -53,9 +53,46 @@ pub(crate) fn bind_onto(
     recursive: MountAttr,
 ) -> std::io::Result<()> {
     let tree = mountapi::clone_tree(source, recursive_tree)?;
+    attach_tree(&tree, target, top, recursive)
+}
+
+fn attach_tree(
+    tree: &OwnedFd,
+    target: BorrowedFd<'_>,
+    top: MountAttr,
+    recursive: MountAttr,
+) -> std::io::Result<()> {
     mountapi::set_mount_attr(tree.as_fd(), top, false)?;
     mountapi::set_mount_attr(tree.as_fd(), recursive, true)?;
     mountapi::move_mount_to_fd(tree.as_fd(), target)
+}
+
+/// With a shared rootfs propagation, the binds that ask to be shared (Kubernetes'
+/// Bidirectional mount propagation) must stay peers of their host mount, so that mounts
+/// made under them reach the host and back. They are copied before "/" is made a slave,
+/// which would otherwise cut them off. Indexed like the plan's mounts.
+fn clone_shared_binds(plan: &LaunchPlan) -> Result<Vec<Option<OwnedFd>>> {
+    let shared_root = plan.rootfs_propagation & libc::MS_SHARED != 0;
+    plan.mounts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let wants_shared = m.propagation.iter().any(|p| p & libc::MS_SHARED != 0);
+            if !(shared_root && wants_shared && m.is_bind() && m.cgroup.is_none()) {
+                return Ok(None);
+            }
+            let src = m.source.as_deref().unwrap_or(Path::new(""));
+            mountapi::clone_tree(src, m.flags & libc::MS_REC != 0)
+                .map(Some)
+                .map_err(|e| {
+                    Error::Init(format!(
+                        "mounts[{i}] ({}): bind {}: {e}",
+                        m.destination.display(),
+                        src.display()
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// mount(2) that names its target by descriptor.
@@ -93,7 +130,13 @@ fn check_no_symlinks(root: &RootDir, field: &str, dest: &Path) -> Result<()> {
     }
 }
 
-fn apply_mount(root: &RootDir, plan: &LaunchPlan, index: usize, m: &MountPlan) -> Result<()> {
+fn apply_mount(
+    root: &RootDir,
+    plan: &LaunchPlan,
+    index: usize,
+    m: &MountPlan,
+    early_tree: Option<OwnedFd>,
+) -> Result<()> {
     let field = format!("mounts[{index}]");
     let dest = m.destination.display();
     let what = || format!("{field} ({dest})");
@@ -123,13 +166,17 @@ fn apply_mount(root: &RootDir, plan: &LaunchPlan, index: usize, m: &MountPlan) -
 
     if is_bind {
         let src = source.as_deref().unwrap_or(Path::new(""));
-        bind_onto(
-            src,
-            target.as_fd(),
-            flags.contains(MsFlags::MS_REC),
-            MountAttr::from_ms_flags(flags.bits() & BIND_ATTR_FLAGS),
-            m.recursive,
-        )
+        let top = MountAttr::from_ms_flags(flags.bits() & BIND_ATTR_FLAGS);
+        match &early_tree {
+            Some(tree) => attach_tree(tree, target.as_fd(), top, m.recursive),
+            None => bind_onto(
+                src,
+                target.as_fd(),
+                flags.contains(MsFlags::MS_REC),
+                top,
+                m.recursive,
+            ),
+        }
         .map_err(|e| Error::Init(format!("{}: bind {}: {e}", what(), src.display())))?;
     } else {
         // tmpcopyup reads the directory the tmpfs is about to cover, through a descriptor
@@ -386,7 +433,8 @@ fn make_readonly(path: &Path) -> Result<()> {
 /// Builds the root filesystem and pivots into it. Afterwards "/" is the container's root.
 pub fn prepare(plan: &LaunchPlan) -> Result<()> {
     let propagation = MsFlags::from_bits_retain(plan.rootfs_propagation);
-    // Nothing we mount may propagate back to the host, and pivot_root refuses shared mounts:
+    let mut early_trees = clone_shared_binds(plan)?;
+    // Nothing else we mount may propagate back to the host, and pivot_root refuses shared mounts:
     // build everything below a recursively slave (or private) "/", and give the container's
     // "/" the propagation it asked for once it is its root.
     let base = MsFlags::MS_REC
@@ -417,7 +465,7 @@ pub fn prepare(plan: &LaunchPlan) -> Result<()> {
     };
     let root = RootDir::open(&plan.rootfs)?;
     for (i, m) in plan.mounts.iter().enumerate() {
-        apply_mount(&root, plan, i, m)?;
+        apply_mount(&root, plan, i, m, early_trees[i].take())?;
     }
     for (i, d) in plan.devices.iter().enumerate() {
         create_device(&root, i, d)?;
