@@ -316,6 +316,10 @@ mod tests {
         v["domainname"] = "example.org".into();
         v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
         v["linux"]["personality"] = serde_json::json!({"domain": "LINUX32"});
+        v["process"]["scheduler"] = serde_json::json!({"policy": "SCHED_IDLE"});
+        v["process"]["ioPriority"] = serde_json::json!({"class": "IOPRIO_CLASS_BE", "priority": 4});
+        v["process"]["execCPUAffinity"] = serde_json::json!({"final": "0"});
+        v["process"]["apparmorProfile"] = "p".into();
         v["mounts"].as_array_mut().unwrap().push(
             serde_json::json!({"destination": "/sys/fs/cgroup", "type": "cgroup",
                 "source": "cgroup", "options": ["ro", "nosuid"]}),
@@ -326,6 +330,13 @@ mod tests {
         assert_eq!(plan.kernel.sysctls[0].key, "net.ipv4.ip_forward");
         assert!(plan.kernel.loopback_up);
         assert_eq!(plan.kernel.personality, Some(8));
+        assert_eq!(
+            plan.kernel.scheduler.unwrap().policy,
+            libc::SCHED_IDLE as u32
+        );
+        assert_eq!(plan.kernel.io_priority, Some((2 << 13) | 4));
+        assert_eq!(plan.kernel.cpu_affinity_final, Some(vec![0]));
+        assert_eq!(plan.kernel.apparmor_profile.as_deref(), Some("p"));
         let cg = plan.mounts.last().unwrap().cgroup.as_ref().unwrap();
         let names: Vec<_> = cg.binds.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["devices", "unified"]);

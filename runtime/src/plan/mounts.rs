@@ -20,10 +20,9 @@ pub struct MountPlan {
     /// Host path for binds (made absolute against the bundle), or the fs source string.
     pub source: Option<PathBuf>,
     pub fstype: Option<String>,
-    /// Flags for the first mount(2) call.
+    /// mount(2) flags. A bind gets ro, nosuid, ... as mount attributes of its detached copy
+    /// before it is attached (see crate::rootfs).
     pub flags: u64,
-    /// Flags a bind mount needs in a second, MS_REMOUNT call (ro, nosuid, ...).
-    pub remount_flags: Option<u64>,
     /// Filesystem data: the options that are not flags, joined by commas.
     pub data: String,
     /// Propagation changes, each its own mount(2) call after the mount.
@@ -134,17 +133,6 @@ fn lookup(option: &str) -> Option<MountOption> {
     }
 }
 
-/// Flags that a bind mount only honours when applied again with MS_REMOUNT.
-const BIND_REMOUNT_FLAGS: MsFlags = MsFlags::MS_RDONLY
-    .union(MsFlags::MS_NOSUID)
-    .union(MsFlags::MS_NODEV)
-    .union(MsFlags::MS_NOEXEC)
-    .union(MsFlags::MS_NOATIME)
-    .union(MsFlags::MS_NODIRATIME)
-    .union(MsFlags::MS_RELATIME)
-    .union(MsFlags::MS_STRICTATIME)
-    .union(MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW));
-
 /// Plans one spec mount; `index` names it in errors (`mounts[3]`).
 pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPlan> {
     let field = |sub: &str| format!("mounts[{index}]{sub}");
@@ -221,15 +209,11 @@ pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPla
         }
     }
 
-    let remount_flags = (is_bind && flags.intersects(BIND_REMOUNT_FLAGS))
-        .then(|| ((flags & BIND_REMOUNT_FLAGS) | MsFlags::MS_BIND | MsFlags::MS_REMOUNT).bits());
-
     Ok(MountPlan {
         destination,
         source,
         fstype,
         flags: flags.bits(),
-        remount_flags,
         data: data.join(","),
         propagation,
         recursive,
@@ -348,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn read_only_bind_gets_a_remount_and_relative_source_uses_the_bundle() {
+    fn read_only_bind_keeps_its_flags_and_relative_source_uses_the_bundle() {
         let m = mount("none", "data", "/data", &["rbind", "ro", "nosuid"]);
         let p = plan_mount(0, &m, Path::new("/bundle")).unwrap();
         assert_eq!(p.source.as_deref(), Some(Path::new("/bundle/data")));
@@ -357,21 +341,14 @@ mod tests {
             p.flags,
             (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID).bits()
         );
-        assert_eq!(
-            p.remount_flags,
-            Some(
-                (MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID)
-                    .bits()
-            )
-        );
     }
 
     #[test]
-    fn plain_bind_needs_no_remount_and_type_bind_implies_bind() {
+    fn type_bind_implies_bind() {
         let m = mount("bind", "/host", "/c", &[]);
         let p = plan_mount(0, &m, Path::new("/b")).unwrap();
         assert!(p.is_bind());
-        assert_eq!(p.remount_flags, None);
+        assert_eq!(p.flags, MsFlags::MS_BIND.bits());
         assert_eq!(p.source.as_deref(), Some(Path::new("/host")));
     }
 
@@ -462,7 +439,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.flags, (MsFlags::MS_BIND | MsFlags::MS_REC).bits());
-        assert_eq!(m.remount_flags, None);
     }
 
     #[test]
