@@ -172,7 +172,8 @@ fn hostile_symlinks_keep_mounts_inside_the_rootfs() {
     a.extend_from_slice(&[
         &rootfs,
         &id,
-        "sh",
+        // runc 1.1 does not look a bare name up in $PATH for a --rootfs container.
+        "/bin/sh",
         "-c",
         "cut -d' ' -f5 /proc/self/mountinfo; cat /dangle/file",
     ]);
@@ -395,6 +396,9 @@ fn cgroup_mount_shows_the_container_cgroup() {
         assert_eq!(code, 0, "{rt}: {err}");
         outputs.push(out);
     }
+    if !testing_our_shim() {
+        return; // the expectations below are ours; runc 1.1 differs as said below
+    }
     let ours: Vec<&str> = outputs[0].lines().collect();
     let runc: Vec<&str> = outputs[1].lines().collect();
     let layout = runtime::cgroups::Layout::host();
@@ -464,6 +468,9 @@ fn host_network_container_gets_no_host_sysfs_submounts() {
 #[test]
 fn rootfs_propagation_variants() {
     let _serial = shared();
+    if !testing_our_shim() {
+        return; // runc 1.1 leaves / private whatever is asked
+    }
     for (value, allowed) in [
         ("shared", &["shared:"][..]),
         ("rshared", &["shared:"]),
@@ -833,7 +840,9 @@ fn hostname_and_domainname() {
         assert_eq!(code, 0, "{rt}: {err}");
         outputs.push(out);
     }
-    assert_eq!(outputs[0], "box1\nexample.test\n");
+    if testing_our_shim() {
+        assert_eq!(outputs[0], "box1\nexample.test\n");
+    }
     // runc 1.1 predates domainname: it agrees on the hostname only.
     assert_eq!(outputs[1].lines().next(), Some("box1"));
 }

@@ -32,7 +32,7 @@ fn sys<T>(step: impl FnOnce() -> String, r: nix::Result<T>) -> Result<T> {
     r.map_err(|e| Error::sys(step(), e))
 }
 
-/// The mount(2) flags of a bind that only a second step can apply (ro, nosuid, ...).
+/// The mount(2) flags a bind gets as mount attributes of its detached copy (ro, nosuid, ...).
 pub(crate) const BIND_ATTR_FLAGS: u64 = libc::MS_RDONLY
     | libc::MS_NOSUID
     | libc::MS_NODEV
