@@ -1,164 +1,287 @@
 //! Building the container's root filesystem inside its mount namespace: the spec's mounts,
-//! /dev, pivot_root, masked and read-only paths. Runs only in the container's init.
+//! /dev, sysctls, pivot_root, masked and read-only paths. Runs only in the container's init.
 //!
-//! Every destination is resolved inside the rootfs by [`resolve_in_root`], which follows
-//! symlinks as if the rootfs were "/", so a hostile image cannot point a mount at the host.
+//! Every destination is resolved inside the rootfs by [`RootDir`] (openat2 with
+//! RESOLVE_IN_ROOT on a descriptor of the rootfs), so a hostile image cannot point a mount at
+//! the host, and every mount lands on the resolved descriptor, so a symlink swapped in after
+//! the lookup cannot redirect it.
 
 use std::{
     fs,
-    os::unix::fs::symlink,
-    path::{Component, Path, PathBuf},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
 };
 
 use nix::{
     mount::{mount, umount2, MntFlags, MsFlags},
-    sys::{
-        stat::{mknod, Mode, SFlag},
-        statvfs::{statvfs, FsFlags},
-    },
-    unistd::{chown, fchdir, pivot_root, Gid, Uid},
+    sys::statvfs::{statvfs, FsFlags},
+    unistd::{fchdir, pivot_root},
 };
 
 use crate::{
+    cgroupfs, chroot, copyup, kernel,
+    mountapi::{self, proc_fd_path, MountAttr, RESOLVE_IN_ROOT, RESOLVE_NO_SYMLINKS},
     plan::{DeviceNode, LaunchPlan, MountPlan, NamespaceKind},
+    rootdir::{self, Create, RootDir},
     Error, Result,
 };
 
-const MAX_SYMLINKS: usize = 40;
 const NONE: Option<&str> = None;
-
-/// Resolves `path` (absolute, as seen inside the container) to a host path below `root`,
-/// following symlinks relative to `root` and never leaving it (`..` stops at `root`).
-/// Components that do not exist yet are kept as they are.
-pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
-    let mut pending: Vec<std::ffi::OsString> = path
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_owned()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate: PathBuf = std::iter::once(root.as_os_str())
-            .chain(resolved.iter().map(|s| s.as_os_str()))
-            .chain(std::iter::once(part.as_os_str()))
-            .collect();
-        match fs::symlink_metadata(&candidate) {
-            Ok(md) if md.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(Error::Other(format!(
-                        "{}: too many levels of symbolic links inside the rootfs",
-                        path.display()
-                    )));
-                }
-                let target = fs::read_link(&candidate).map_err(|e| Error::io(&candidate, e))?;
-                if target.is_absolute() {
-                    resolved.clear();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_owned()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => resolved.push(part),
-        }
-    }
-    Ok(std::iter::once(root.as_os_str())
-        .chain(resolved.iter().map(|s| s.as_os_str()))
-        .collect())
-}
 
 fn sys<T>(step: impl FnOnce() -> String, r: nix::Result<T>) -> Result<T> {
     r.map_err(|e| Error::sys(step(), e))
 }
 
-/// Makes sure a mount target exists: a directory, or an empty file when binding a file.
-fn create_target(target: &Path, as_file: bool) -> Result<()> {
-    if as_file {
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        }
-        if fs::symlink_metadata(target).is_err() {
-            fs::File::create(target).map_err(|e| Error::io(target, e))?;
-        }
-        Ok(())
+/// The mount(2) flags a bind gets as mount attributes of its detached copy (ro, nosuid, ...).
+pub(crate) const BIND_ATTR_FLAGS: u64 = libc::MS_RDONLY
+    | libc::MS_NOSUID
+    | libc::MS_NODEV
+    | libc::MS_NOEXEC
+    | libc::MS_NOATIME
+    | libc::MS_NODIRATIME
+    | libc::MS_RELATIME
+    | libc::MS_STRICTATIME
+    | libc::MS_NOSYMFOLLOW;
+
+/// Binds (a copy of) the mount tree at host path `source` onto `target`. The copy gets its
+/// attributes while still detached, so it is never visible without them.
+pub(crate) fn bind_onto(
+    source: &Path,
+    target: BorrowedFd<'_>,
+    recursive_tree: bool,
+    top: MountAttr,
+    recursive: MountAttr,
+) -> std::io::Result<()> {
+    let tree = mountapi::clone_tree(source, recursive_tree)?;
+    attach_tree(&tree, target, top, recursive)
+}
+
+fn attach_tree(
+    tree: &OwnedFd,
+    target: BorrowedFd<'_>,
+    top: MountAttr,
+    recursive: MountAttr,
+) -> std::io::Result<()> {
+    mountapi::set_mount_attr(tree.as_fd(), top, false)?;
+    mountapi::set_mount_attr(tree.as_fd(), recursive, true)?;
+    mountapi::move_mount_to_fd(tree.as_fd(), target)
+}
+
+/// With a shared rootfs propagation, the binds that ask to be shared (Kubernetes'
+/// Bidirectional mount propagation) must stay peers of their host mount, so that mounts
+/// made under them reach the host and back. They are copied before "/" is made a slave,
+/// which would otherwise cut them off. Indexed like the plan's mounts.
+fn clone_shared_binds(plan: &LaunchPlan) -> Result<Vec<Option<OwnedFd>>> {
+    let shared_root = plan.rootfs_propagation & libc::MS_SHARED != 0;
+    plan.mounts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let wants_shared = m.propagation.iter().any(|p| p & libc::MS_SHARED != 0);
+            if !(shared_root && wants_shared && m.is_bind() && m.cgroup.is_none()) {
+                return Ok(None);
+            }
+            let src = m.source.as_deref().unwrap_or(Path::new(""));
+            mountapi::clone_tree(src, m.flags & libc::MS_REC != 0)
+                .map(Some)
+                .map_err(|e| {
+                    Error::Init(format!(
+                        "mounts[{i}] ({}): bind {}: {e}",
+                        m.destination.display(),
+                        src.display()
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// mount(2) that names its target by descriptor.
+fn mount_at(
+    source: Option<&Path>,
+    target: BorrowedFd<'_>,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> nix::Result<()> {
+    mount(source, proc_fd_path(target).as_str(), fstype, flags, data)
+}
+
+/// procfs and sysfs are only mounted on real directories: a symlink there would let the
+/// image move them (and the masked paths that rely on them) elsewhere.
+fn check_no_symlinks(root: &RootDir, field: &str, dest: &Path) -> Result<()> {
+    let rel: PathBuf = dest.components().skip(1).collect();
+    let rel = if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
     } else {
-        fs::create_dir_all(target).map_err(|e| Error::io(target, e))
+        rel
+    };
+    match mountapi::openat2(
+        root.as_fd(),
+        &rel,
+        libc::O_PATH,
+        0,
+        RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS,
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(Error::Init(format!(
+            "{field}: {} is a symlink (or below one) in the rootfs; proc and sysfs are only mounted on directories",
+            dest.display()
+        ))),
+        _ => Ok(()),
     }
 }
 
-fn apply_mount(plan: &LaunchPlan, m: &MountPlan) -> Result<()> {
-    let target = resolve_in_root(&plan.rootfs, &m.destination)?;
+fn apply_mount(
+    root: &RootDir,
+    plan: &LaunchPlan,
+    index: usize,
+    m: &MountPlan,
+    early_tree: Option<OwnedFd>,
+) -> Result<()> {
+    let field = format!("mounts[{index}]");
     let dest = m.destination.display();
-    let mut flags = MsFlags::from_bits_retain(m.flags);
-    let mut source = m.source.clone();
-    let mut fstype = m.fstype.clone();
-    let mut data = m.data.clone();
-
-    // Without its own network namespace, a container cannot mount a fresh sysfs: bind the host's.
-    if fstype.as_deref() == Some("sysfs") && !plan.namespaces.has(NamespaceKind::Network) {
-        flags |= MsFlags::MS_BIND | MsFlags::MS_REC;
-        source = Some(PathBuf::from("/sys"));
-        fstype = None;
-        data.clear();
+    let what = || format!("{field} ({dest})");
+    if let Some(cg) = &m.cgroup {
+        return cgroupfs::mount(root, &field, m, cg);
+    }
+    let flags = MsFlags::from_bits_retain(m.flags);
+    let (source, fstype, data) = (&m.source, &m.fstype, &m.data);
+    if matches!(fstype.as_deref(), Some("proc") | Some("sysfs")) && !m.is_bind() {
+        check_no_symlinks(root, &field, &m.destination)?;
     }
 
     let is_bind = flags.contains(MsFlags::MS_BIND);
-    let as_file = is_bind
-        && source
-            .as_deref()
-            .and_then(|s| fs::metadata(s).ok())
-            .is_some_and(|md| !md.is_dir());
+    let mut as_file = false;
     if is_bind {
         let src = source.as_deref().unwrap_or(Path::new(""));
-        fs::metadata(src)
-            .map_err(|e| Error::Init(format!("mount {dest}: source {}: {e}", src.display())))?;
+        let md = fs::metadata(src)
+            .map_err(|e| Error::Init(format!("{}: source {}: {e}", what(), src.display())))?;
+        as_file = !md.is_dir();
     }
-    create_target(&target, as_file)?;
+    let target = root
+        .create(
+            &m.destination,
+            if as_file { Create::File } else { Create::Dir },
+        )
+        .map_err(|e| Error::Init(format!("{field}: {e}")))?;
 
-    let first = if is_bind {
-        flags & (MsFlags::MS_BIND | MsFlags::MS_REC)
+    if is_bind {
+        let src = source.as_deref().unwrap_or(Path::new(""));
+        let top = MountAttr::from_ms_flags(flags.bits() & BIND_ATTR_FLAGS);
+        match &early_tree {
+            Some(tree) => attach_tree(tree, target.as_fd(), top, m.recursive),
+            None => bind_onto(
+                src,
+                target.as_fd(),
+                flags.contains(MsFlags::MS_REC),
+                top,
+                m.recursive,
+            ),
+        }
+        .map_err(|e| Error::Init(format!("{}: bind {}: {e}", what(), src.display())))?;
     } else {
-        flags
-    };
-    sys(
-        || {
-            format!(
-                "mount {dest} (type {})",
-                fstype.as_deref().unwrap_or("bind")
+        // tmpcopyup reads the directory the tmpfs is about to cover, through a descriptor
+        // opened before the mount.
+        let covered = if m.tmpcopyup {
+            Some(
+                root.open_in(&m.destination, libc::O_RDONLY | libc::O_DIRECTORY)
+                    .map_err(|e| Error::Init(format!("{}: tmpcopyup: {e}", what())))?,
             )
-        },
-        mount(
+        } else {
+            None
+        };
+        let mounted = mount_at(
             source.as_deref(),
-            &target,
+            target.as_fd(),
             fstype.as_deref(),
-            first,
+            flags,
             (!data.is_empty()).then_some(data.as_str()),
-        ),
-    )?;
-    if let Some(remount) = m.remount_flags {
-        let flags = MsFlags::from_bits_retain(remount) | locked_flags(&target);
-        sys(
-            || format!("remount {dest} with its options"),
-            mount(NONE, &target, NONE, flags, NONE),
-        )?;
+        );
+        match mounted {
+            // A fresh sysfs needs a network namespace owned by our user namespace; where the
+            // kernel refuses it, bind the host's, with the spec's restrictions on every
+            // submount (a fresh sysfs would have none to leave writable).
+            Err(nix::Error::EPERM)
+                if fstype.as_deref() == Some("sysfs")
+                    && !plan.namespaces.has(NamespaceKind::Network) =>
+            {
+                return bind_host_sysfs(root, &field, m, target.as_fd());
+            }
+            r => sys(
+                || {
+                    format!(
+                        "{}: mount type {}",
+                        what(),
+                        fstype.as_deref().unwrap_or("none")
+                    )
+                },
+                r,
+            )?,
+        }
+        if let Some(covered) = covered {
+            let new = root
+                .open_in(&m.destination, libc::O_RDONLY | libc::O_DIRECTORY)
+                .map_err(|e| Error::Init(format!("{}: tmpcopyup: {e}", what())))?;
+            copyup::copy_dir(covered.as_fd(), new.as_fd())
+                .map_err(|e| Error::Init(format!("{}: tmpcopyup: {e}", what())))?;
+        }
+        if !m.recursive.is_empty() {
+            let mounted = root
+                .resolve(&m.destination)
+                .map_err(|e| Error::Init(format!("{field}: {e}")))?;
+            mountapi::set_mount_attr(mounted.as_fd(), m.recursive, true).map_err(|e| {
+                Error::Init(format!("{}: set recursive mount attributes: {e}", what()))
+            })?;
+        }
     }
-    for p in &m.propagation {
+    set_propagation(root, &field, &m.destination, &m.propagation)
+}
+
+fn bind_host_sysfs(
+    root: &RootDir,
+    field: &str,
+    m: &MountPlan,
+    target: BorrowedFd<'_>,
+) -> Result<()> {
+    let restrict = MountAttr::from_ms_flags(
+        m.flags & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC),
+    );
+    let recursive = MountAttr {
+        set: m.recursive.set | restrict.set,
+        clear: m.recursive.clear & !restrict.set,
+    };
+    let top = MountAttr::from_ms_flags(m.flags & BIND_ATTR_FLAGS);
+    bind_onto(Path::new("/sys"), target, true, top, recursive).map_err(|e| {
+        Error::Init(format!(
+            "{field} ({}): bind the host's /sys: {e}",
+            m.destination.display()
+        ))
+    })?;
+    set_propagation(root, field, &m.destination, &m.propagation)
+}
+
+/// Applies propagation changes to the mount now at `dest`.
+pub(crate) fn set_propagation(
+    root: &RootDir,
+    field: &str,
+    dest: &Path,
+    propagation: &[u64],
+) -> Result<()> {
+    if propagation.is_empty() {
+        return Ok(());
+    }
+    let mounted = root
+        .resolve(dest)
+        .map_err(|e| Error::Init(format!("{field}: {e}")))?;
+    for p in propagation {
         sys(
-            || format!("set propagation of {dest}"),
-            mount(NONE, &target, NONE, MsFlags::from_bits_retain(*p), NONE),
+            || format!("{field} ({}): set propagation", dest.display()),
+            mount_at(
+                None,
+                mounted.as_fd(),
+                None,
+                MsFlags::from_bits_retain(*p),
+                None,
+            ),
         )?;
     }
     Ok(())
@@ -184,41 +307,31 @@ fn locked_flags(path: &Path) -> MsFlags {
     out
 }
 
-fn create_device(rootfs: &Path, d: &DeviceNode) -> Result<()> {
-    let target = resolve_in_root(rootfs, &d.path)?;
-    if let Some(parent) = target.parent() {
-        fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    }
-    let _ = fs::remove_file(&target);
-    let kind = SFlag::from_bits_truncate(d.kind);
-    let dev = libc::makedev(d.major as u32, d.minor as u32);
+/// Creates a device node of the spec, replacing whatever the image has at that path (a
+/// symlink is replaced, not followed).
+fn create_device(root: &RootDir, index: usize, d: &DeviceNode) -> Result<()> {
     let path = d.path.display();
-    sys(
-        || format!("mknod {path}"),
-        mknod(&target, kind, Mode::from_bits_truncate(d.mode), dev),
-    )?;
-    // mknod honours the umask; set the mode the spec asked for.
-    sys(
-        || format!("chmod {path}"),
-        nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            &target,
-            Mode::from_bits_truncate(d.mode),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        ),
-    )?;
-    sys(
-        || format!("chown {path}"),
-        chown(
-            &target,
-            Some(Uid::from_raw(d.uid)),
-            Some(Gid::from_raw(d.gid)),
-        ),
+    let err = |what: &str, e: std::io::Error| {
+        Error::Init(format!("linux.devices[{index}] ({path}): {what}: {e}"))
+    };
+    let (dir, name) = root
+        .create_parent(&d.path)
+        .map_err(|e| Error::Init(format!("linux.devices[{index}]: {e}")))?;
+    rootdir::unlink_if_exists(dir.as_fd(), &name).map_err(|e| err("remove what is there", e))?;
+    rootdir::mknodat(
+        dir.as_fd(),
+        &name,
+        d.kind | d.mode,
+        libc::makedev(d.major as u32, d.minor as u32),
     )
+    .map_err(|e| err("mknod", e))?;
+    rootdir::chown_chmod_at(dir.as_fd(), &name, d.uid, d.gid, d.mode)
+        .map_err(|e| err("set owner and mode", e))
 }
 
-fn dev_symlinks(plan: &LaunchPlan) -> Result<()> {
-    let dev = resolve_in_root(&plan.rootfs, Path::new("/dev"))?;
+/// Devices that are not nodes of their own: the /dev/fd and stdio links, and ptmx.
+fn dev_symlinks(root: &RootDir, plan: &LaunchPlan) -> Result<()> {
+    let dev = root.create(Path::new("/dev"), Create::Dir)?;
     let mut links = vec![
         ("/proc/self/fd", "fd"),
         ("/proc/self/fd/0", "stdin"),
@@ -230,40 +343,57 @@ fn dev_symlinks(plan: &LaunchPlan) -> Result<()> {
         .iter()
         .any(|m| m.destination == Path::new("/dev/pts"))
     {
-        let _ = fs::remove_file(dev.join("ptmx"));
+        rootdir::unlink_if_exists(dev.as_fd(), "ptmx".as_ref())
+            .map_err(|e| Error::Init(format!("/dev/ptmx: {e}")))?;
         links.push(("pts/ptmx", "ptmx"));
     }
     for (target, name) in links {
-        let link = dev.join(name);
-        match symlink(target, &link) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io(link, e)),
-        }
+        rootdir::symlink_if_missing(Path::new(target), dev.as_fd(), name.as_ref())
+            .map_err(|e| Error::Init(format!("/dev/{name}: {e}")))?;
     }
     Ok(())
 }
 
+/// The hook for /dev/console. runc binds the pty's replica there when process.terminal is
+/// set; terminals are not part of this module, so there is nothing to do without one, and
+/// with one the terminal code binds its replica here (the plan refuses terminals until then).
+fn console(_root: &RootDir, _plan: &LaunchPlan) -> Result<()> {
+    Ok(())
+}
+
 /// Switches the process's root to the rootfs and detaches the old root entirely.
-fn pivot(rootfs: &Path) -> Result<()> {
-    let old = fs::File::open("/").map_err(|e| Error::io("/", e))?;
-    let new = fs::File::open(rootfs).map_err(|e| Error::io(rootfs, e))?;
-    sys(|| "enter rootfs".into(), fchdir(&new))?;
-    sys(
-        || format!("pivot_root to {}", rootfs.display()),
-        pivot_root(".", "."),
-    )?;
-    sys(|| "enter old root".into(), fchdir(&old))?;
+fn pivot(root: &RootDir) -> nix::Result<()> {
+    let old = fs::File::open("/")
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    fchdir(root)?;
+    pivot_root(".", ".")?;
+    fchdir(&old)?;
     // Keep the unmount of the old root from propagating to the host.
-    sys(
-        || "make old root a slave".into(),
-        mount(NONE, ".", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE),
-    )?;
-    sys(
-        || "detach old root".into(),
-        umount2(".", MntFlags::MNT_DETACH),
-    )?;
-    sys(|| "chdir /".into(), nix::unistd::chdir("/"))
+    mount(NONE, ".", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE)?;
+    umount2(".", MntFlags::MNT_DETACH)?;
+    nix::unistd::chdir("/")
+}
+
+/// pivot_root, or MS_MOVE + chroot when asked to (containerd's no_pivot_root) or when the
+/// host root is the initramfs, which pivot_root refuses.
+fn enter_root(plan: &LaunchPlan, root: &RootDir) -> Result<()> {
+    if plan.no_pivot_root {
+        return chroot::move_root(root);
+    }
+    match pivot(root) {
+        Ok(()) => Ok(()),
+        Err(nix::Error::EINVAL)
+            if chroot::root_is_initramfs(
+                &fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            ) =>
+        {
+            chroot::move_root(root)
+        }
+        Err(e) => Err(Error::sys(
+            format!("pivot_root to {}", plan.rootfs.display()),
+            e,
+        )),
+    }
 }
 
 fn mask(path: &Path) -> Result<()> {
@@ -304,12 +434,16 @@ fn make_readonly(path: &Path) -> Result<()> {
 /// `before_pivot` runs once the mounts are in place (the create hooks' moment).
 pub fn prepare(plan: &LaunchPlan, before_pivot: impl FnOnce() -> Result<()>) -> Result<()> {
     let propagation = MsFlags::from_bits_retain(plan.rootfs_propagation);
-    // Nothing we mount may propagate back to the host: start from a slave/private "/".
-    let base = if propagation.contains(MsFlags::MS_SHARED) {
-        MsFlags::MS_PRIVATE | MsFlags::MS_REC
-    } else {
-        propagation
-    };
+    let mut early_trees = clone_shared_binds(plan)?;
+    // Nothing else we mount may propagate back to the host, and pivot_root refuses shared mounts:
+    // build everything below a recursively slave (or private) "/", and give the container's
+    // "/" the propagation it asked for once it is its root.
+    let base = MsFlags::MS_REC
+        | if propagation.contains(MsFlags::MS_PRIVATE) {
+            MsFlags::MS_PRIVATE
+        } else {
+            MsFlags::MS_SLAVE
+        };
     sys(
         || "set propagation of /".into(),
         mount(NONE, "/", NONE, base, NONE),
@@ -324,21 +458,26 @@ pub fn prepare(plan: &LaunchPlan, before_pivot: impl FnOnce() -> Result<()>) -> 
             NONE,
         ),
     )?;
-    for m in &plan.mounts {
-        apply_mount(plan, m)?;
+    // /proc/sys of the host procfs, opened before any mount of the spec could matter.
+    let proc_sys = if plan.kernel.sysctls.is_empty() {
+        None
+    } else {
+        Some(kernel::open_proc_sys()?)
+    };
+    let root = RootDir::open(&plan.rootfs)?;
+    for (i, m) in plan.mounts.iter().enumerate() {
+        apply_mount(&root, plan, i, m, early_trees[i].take())?;
     }
-    for d in &plan.devices {
-        create_device(&plan.rootfs, d)?;
+    for (i, d) in plan.devices.iter().enumerate() {
+        create_device(&root, i, d)?;
     }
-    dev_symlinks(plan)?;
-    if propagation.contains(MsFlags::MS_SHARED) {
-        sys(
-            || "set rootfsPropagation".into(),
-            mount(NONE, &plan.rootfs, NONE, propagation, NONE),
-        )?;
+    dev_symlinks(&root, plan)?;
+    console(&root, plan)?;
+    if let Some(proc_sys) = &proc_sys {
+        kernel::write_sysctls(proc_sys, &plan.kernel.sysctls)?;
     }
     before_pivot()?;
-    pivot(&plan.rootfs)?;
+    enter_root(plan, &root)?;
     for p in &plan.readonly_paths {
         make_readonly(p)?;
     }
@@ -355,40 +494,185 @@ pub fn prepare(plan: &LaunchPlan, before_pivot: impl FnOnce() -> Result<()>) -> 
             mount(NONE, "/", NONE, flags, NONE),
         )?;
     }
+    // Last: an unbindable "/" would refuse the read-only binds above.
+    if propagation.intersects(MsFlags::MS_SHARED | MsFlags::MS_UNBINDABLE) {
+        sys(
+            || "linux.rootfsPropagation: set propagation of /".into(),
+            mount(NONE, "/", NONE, propagation, NONE),
+        )?;
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::{os::unix::fs::symlink, process::Command};
 
+    const IN_PRIVATE_NS: &str = "SHIM_RS_TEST_IN_PRIVATE_MOUNT_NS";
+
+    /// Runs the named test of this binary again, alone, in a private mount namespace (needs
+    /// root and unshare(1)); true when this process is that run.
+    fn in_private_mount_ns(test: &str) -> bool {
+        if std::env::var_os(IN_PRIVATE_NS).is_some() {
+            return true;
+        }
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--test-threads=1", "--nocapture"])
+            .env(IN_PRIVATE_NS, "1")
+            .output()
+            .expect("run unshare(1)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{test} in a private mount namespace: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        false
+    }
+
+    fn mount_points() -> Vec<PathBuf> {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+            .collect()
+    }
+
+    /// The CVE-2021-30465 pattern: the destination is resolved, then the image swaps a
+    /// directory on the path for a symlink to the host before the mount happens. Mounting
+    /// onto the resolved descriptor still lands where the lookup went.
     #[test]
-    fn symlinks_cannot_escape_the_root() {
-        let dir = std::env::temp_dir().join(format!("shim-rs-resolve-{}", std::process::id()));
-        let root = dir.join("root");
-        fs::create_dir_all(root.join("etc")).unwrap();
-        symlink("/etc", root.join("abs")).unwrap();
-        symlink("../../../../../etc", root.join("rel")).unwrap();
-        symlink("loop2", root.join("loop1")).unwrap();
-        symlink("loop1", root.join("loop2")).unwrap();
+    fn a_symlink_swapped_in_after_the_lookup_cannot_redirect_the_mount() {
+        if !in_private_mount_ns(
+            "rootfs::tests::a_symlink_swapped_in_after_the_lookup_cannot_redirect_the_mount",
+        ) {
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("shim-rs-swap-{}", std::process::id()));
+        let (root, host) = (base.join("root"), base.join("host"));
+        for d in [
+            root.join("a/fs"),
+            root.join("a/bind"),
+            host.join("fs"),
+            host.join("bind"),
+        ] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let source = base.join("source");
+        fs::create_dir_all(&source).unwrap();
+        fs::write(source.join("marker"), "bound").unwrap();
 
+        let r = RootDir::open(&root).unwrap();
+        let fs_target = r.create(Path::new("/a/fs"), Create::Dir).unwrap();
+        let bind_target = r.create(Path::new("/a/bind"), Create::Dir).unwrap();
+        // The swap.
+        fs::rename(root.join("a"), root.join("a.old")).unwrap();
+        symlink(&host, root.join("a")).unwrap();
+
+        mount_at(
+            Some(Path::new("tmpfs")),
+            fs_target.as_fd(),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None,
+        )
+        .unwrap();
+        bind_onto(
+            &source,
+            bind_target.as_fd(),
+            false,
+            MountAttr::default(),
+            MountAttr::default(),
+        )
+        .unwrap();
+
+        let mounts = mount_points();
+        assert!(mounts.contains(&root.join("a.old/fs")), "{mounts:?}");
+        assert!(mounts.contains(&root.join("a.old/bind")), "{mounts:?}");
+        assert!(!mounts.iter().any(|m| m.starts_with(&host)), "{mounts:?}");
         assert_eq!(
-            resolve_in_root(&root, Path::new("/abs/passwd")).unwrap(),
-            root.join("etc/passwd")
+            fs::read_to_string(root.join("a.old/bind/marker")).unwrap(),
+            "bound"
         );
-        assert_eq!(
-            resolve_in_root(&root, Path::new("/rel/x")).unwrap(),
-            root.join("etc/x")
-        );
-        assert_eq!(
-            resolve_in_root(&root, Path::new("/../../x")).unwrap(),
-            root.join("x")
-        );
-        assert_eq!(
-            resolve_in_root(&root, Path::new("/new/dir")).unwrap(),
-            root.join("new/dir")
-        );
-        assert!(resolve_in_root(&root, Path::new("/loop1")).is_err());
-        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(fs::read_dir(host.join("bind")).unwrap().count(), 0);
+        for m in ["a.old/fs", "a.old/bind"] {
+            umount2(&root.join(m), MntFlags::MNT_DETACH).unwrap();
+        }
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// Where the kernel refuses a fresh sysfs (user namespaces), the host's is bound with the
+    /// spec's restrictions on every submount: its cgroup mounts must not be writable.
+    #[test]
+    fn host_sysfs_fallback_is_read_only_all_the_way_down() {
+        if !in_private_mount_ns("rootfs::tests::host_sysfs_fallback_is_read_only_all_the_way_down")
+        {
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("shim-rs-sysfs-{}", std::process::id()));
+        fs::create_dir_all(base.join("root/sys")).unwrap();
+        let m: oci_spec::runtime::Mount = serde_json::from_str(
+            r#"{"destination":"/sys","type":"sysfs","source":"sysfs",
+                "options":["nosuid","noexec","nodev","ro"]}"#,
+        )
+        .unwrap();
+        let plan = crate::plan::mounts::plan_mount(5, &m, Path::new("/b")).unwrap();
+        let r = RootDir::open(&base.join("root")).unwrap();
+        let target = r.create(Path::new("/sys"), Create::Dir).unwrap();
+        bind_host_sysfs(&r, "mounts[5]", &plan, target.as_fd()).unwrap();
+        let sub = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+            .filter(|p| p.starts_with(base.join("root/sys")))
+            .collect::<Vec<_>>();
+        assert!(sub.len() > 1, "no submounts came along: {sub:?}");
+        for p in &sub {
+            let f = statvfs(p).unwrap().flags();
+            for flag in [FsFlags::ST_RDONLY, FsFlags::ST_NOSUID, FsFlags::ST_NOEXEC] {
+                assert!(f.contains(flag), "{} lacks {flag:?}", p.display());
+            }
+        }
+        umount2(&base.join("root/sys"), MntFlags::MNT_DETACH).unwrap();
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// The recursive attributes reach every mount below the destination; the plain ones only
+    /// the top.
+    #[test]
+    fn recursive_attributes_reach_submounts_of_a_bind() {
+        if !in_private_mount_ns("rootfs::tests::recursive_attributes_reach_submounts_of_a_bind") {
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("shim-rs-rattr-{}", std::process::id()));
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        mount(
+            Some("tmpfs"),
+            &src.join("sub"),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            NONE,
+        )
+        .unwrap();
+        let target = fs::File::open(&dst).unwrap();
+        let ro = MountAttr::from_ms_flags(libc::MS_RDONLY);
+        let rec = MountAttr {
+            set: mountapi::MOUNT_ATTR_NOEXEC,
+            clear: 0,
+        };
+        bind_onto(&src, target.as_fd(), true, ro, rec).unwrap();
+        let flags = |p: &Path| statvfs(p).unwrap().flags();
+        assert!(flags(&dst).contains(FsFlags::ST_RDONLY));
+        assert!(flags(&dst).contains(FsFlags::ST_NOEXEC));
+        assert!(!flags(&dst.join("sub")).contains(FsFlags::ST_RDONLY));
+        assert!(flags(&dst.join("sub")).contains(FsFlags::ST_NOEXEC));
+        umount2(&dst, MntFlags::MNT_DETACH).unwrap();
+        umount2(&src.join("sub"), MntFlags::MNT_DETACH).unwrap();
+        fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -17,6 +17,8 @@ pub struct RuntimeOptions {
     pub systemd_cgroup: bool,
     /// A cgroup (path below each hierarchy root) the shim daemon and its launcher move into.
     pub shim_cgroup: Option<String>,
+    /// Enter the rootfs with MS_MOVE + chroot instead of pivot_root (`ctr run --no-pivot`).
+    pub no_pivot_root: bool,
     /// Options recognised but not acted on, for the log.
     pub ignored: Vec<String>,
 }
@@ -34,7 +36,7 @@ impl RuntimeOptions {
                     .map_err(|e| format!("{RUNC_OPTIONS}: {e}"))?;
                 let mut ignored = Vec::new();
                 for (name, set) in [
-                    ("no_pivot_root", o.no_pivot_root),
+                    // We never create a session keyring: no_new_keyring is what we do anyway.
                     ("no_new_keyring", o.no_new_keyring),
                     ("binary_name", !o.binary_name.is_empty()),
                     ("root", !o.root.is_empty()),
@@ -48,6 +50,7 @@ impl RuntimeOptions {
                 Ok(RuntimeOptions {
                     systemd_cgroup: o.systemd_cgroup,
                     shim_cgroup: Some(o.shim_cgroup).filter(|s| !s.is_empty()),
+                    no_pivot_root: o.no_pivot_root,
                     ignored,
                 })
             }
@@ -61,10 +64,8 @@ impl RuntimeOptions {
                 };
                 Ok(parse_toml_body(&body))
             }
-            LEGACY_CREATE_OPTIONS => Ok(RuntimeOptions {
-                ignored: vec![LEGACY_CREATE_OPTIONS.to_owned()],
-                ..Default::default()
-            }),
+            // What containerd 1.x clients (ctr) send for a runtime that is not runc-named.
+            LEGACY_CREATE_OPTIONS => legacy_create_options(&any.value),
             other => Ok(RuntimeOptions {
                 ignored: vec![format!("options of unknown type {other:?}")],
                 ..Default::default()
@@ -78,6 +79,31 @@ impl RuntimeOptions {
             self.systemd_cgroup, self.shim_cgroup, self.ignored
         )
     }
+}
+
+/// `containerd.linux.runc.CreateOptions`: field 1 is no_pivot_root, 9 shim_cgroup; the
+/// rest (checkpoint and io settings) is logged.
+fn legacy_create_options(bytes: &[u8]) -> Result<RuntimeOptions, String> {
+    let mut input = CodedInputStream::from_bytes(bytes);
+    let mut o = RuntimeOptions::default();
+    let err = |e: containerd_shim_protos::protobuf::Error| format!("{LEGACY_CREATE_OPTIONS}: {e}");
+    while let Some(tag) = input.read_raw_tag_or_eof().map_err(err)? {
+        let (field, wire) = (tag >> 3, tag & 7);
+        match (field, wire) {
+            (1, 0) => o.no_pivot_root = input.read_bool().map_err(err)?,
+            (9, 2) => {
+                o.shim_cgroup = Some(input.read_string().map_err(err)?).filter(|s| !s.is_empty())
+            }
+            _ => {
+                o.ignored
+                    .push(format!("{LEGACY_CREATE_OPTIONS} field {field}"));
+                let wire_type = containerd_shim_protos::protobuf::rt::WireType::new(wire)
+                    .ok_or_else(|| format!("{LEGACY_CREATE_OPTIONS}: bad wire type {wire}"))?;
+                input.skip_field(wire_type).map_err(err)?;
+            }
+        }
+    }
+    Ok(o)
 }
 
 /// `runtimeoptions.v1.Options { type_url = 1; config_path = 2; config_body = 3 }`:
@@ -171,8 +197,10 @@ mod tests {
 
     #[test]
     fn legacy_and_unknown_options_are_accepted() {
-        let legacy = RuntimeOptions::from_any(&any(LEGACY_CREATE_OPTIONS, vec![0x08, 1])).unwrap();
-        assert_eq!(legacy.ignored, [LEGACY_CREATE_OPTIONS]);
+        let legacy =
+            RuntimeOptions::from_any(&any(LEGACY_CREATE_OPTIONS, vec![0x08, 1, 0x20, 1])).unwrap();
+        assert!(legacy.no_pivot_root);
+        assert_eq!(legacy.ignored, [format!("{LEGACY_CREATE_OPTIONS} field 4")]);
         let unknown = RuntimeOptions::from_any(&any("example.com/Other", vec![1, 2, 3])).unwrap();
         assert!(!unknown.systemd_cgroup && unknown.shim_cgroup.is_none());
         assert!(RuntimeOptions::from_any(&any(RUNC_OPTIONS, vec![0xff, 0xff])).is_err());

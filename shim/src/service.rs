@@ -170,27 +170,35 @@ impl Service {
                 "restoring from a checkpoint is not implemented".into(),
             ));
         }
-        if let Some(any) = req.options.as_ref() {
-            let opts = RuntimeOptions::from_any(any).map_err(Error::InvalidArgument)?;
-            debug!("create {id}: runtime options {}", opts.describe());
-            if let Some(cg) = &opts.shim_cgroup {
-                self.move_shim_into(cg)?;
-            }
+        let opts = match req.options.as_ref() {
+            Some(any) => RuntimeOptions::from_any(any).map_err(Error::InvalidArgument)?,
+            None => RuntimeOptions::default(),
+        };
+        debug!("create {id}: runtime options {}", opts.describe());
+        if let Some(cg) = &opts.shim_cgroup {
+            self.move_shim_into(cg)?;
         }
         let bundle = PathBuf::from(&req.bundle);
         let rootfs_mounted = mount_rootfs(&bundle, &req.rootfs)?;
-        let result = self.launch(req, &bundle, rootfs_mounted);
+        let result = self.launch(req, &opts, &bundle, rootfs_mounted);
         if result.is_err() && rootfs_mounted {
             let _ = state::unmount_rootfs(&bundle.join("rootfs"));
         }
         result
     }
 
-    fn launch(&self, req: &CreateTaskRequest, bundle: &Path, rootfs_mounted: bool) -> Result<u32> {
+    fn launch(
+        &self,
+        req: &CreateTaskRequest,
+        opts: &RuntimeOptions,
+        bundle: &Path,
+        rootfs_mounted: bool,
+    ) -> Result<u32> {
         let id = req.id.clone();
         let t0 = std::time::Instant::now();
         let spec = runtime::spec::load(bundle)?;
-        let plan = runtime::plan::build(&spec, bundle, &id, Layout::host())?;
+        let mut plan = runtime::plan::build(&spec, bundle, &id, Layout::host())?;
+        plan.no_pivot_root = opts.no_pivot_root;
         let stdio_paths = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),

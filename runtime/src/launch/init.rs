@@ -13,7 +13,7 @@ use nix::{
 
 use super::{channel::Channel, InitMessage, ShimMessage};
 use crate::{
-    hooks,
+    hooks, kernel,
     plan::{LaunchPlan, NamespaceKind},
     process::{self, ExecArgs},
     rootfs, seccomp, terminal, Error, Result,
@@ -39,6 +39,12 @@ pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
         Ok(Some((ShimMessage::Start, _))) => {}
         // The shim went away or deleted us before start.
         _ => std::process::exit(1),
+    }
+    // In the container's cgroup by now, whose cpuset may differ from the launcher's.
+    if let Some(cpus) = &plan.kernel.cpu_affinity_final {
+        if let Err(e) = kernel::set_cpu_affinity("process.execCPUAffinity.final", cpus) {
+            fail(&channel, e, 1);
+        }
     }
     // Before the signal reset: the hook runner relies on SIGPIPE being ignored.
     if let Err(e) = hooks::start_container(&plan.hooks) {
@@ -132,6 +138,9 @@ fn setup(plan: &LaunchPlan, channel: &Channel, stdio: Vec<OwnedFd>) -> Result<Pr
     // Die with the shim until we are started.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if let Some(cpus) = &plan.kernel.cpu_affinity_initial {
+        kernel::set_cpu_affinity("process.execCPUAffinity.initial", cpus)?;
+    }
     nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
     for (fd, target) in stdio.iter().zip(0..) {
         dup_onto(fd, target)?;
@@ -174,10 +183,16 @@ fn setup(plan: &LaunchPlan, channel: &Channel, stdio: Vec<OwnedFd>) -> Result<Pr
     if let Some(adj) = plan.process.oom_score_adj {
         process::set_oom_score_adj(adj)?;
     }
+    if plan.kernel.loopback_up {
+        kernel::loopback_up()?;
+    }
+    // Exec labels take effect at execve; written while /proc is still the host's.
+    kernel::apply_lsm_labels(&plan.kernel)?;
 
     if !plan.exec {
         rootfs::prepare(plan, || create_hooks(plan, channel))?;
     }
+    kernel::apply_process_settings(&plan.kernel)?;
 
     let p = &plan.process;
     // Allocated in the container's own devpts, after pivot_root (or the exec's setns).

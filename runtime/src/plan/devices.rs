@@ -47,10 +47,10 @@ pub fn plan_devices(devices: &[LinuxDevice]) -> Result<Vec<DeviceNode>> {
     let mut nodes = default_devices();
     for (i, d) in devices.iter().enumerate() {
         let field = format!("linux.devices[{i}]");
-        if !d.path().is_absolute() {
+        if !d.path().is_absolute() || d.path().file_name().is_none() {
             return Err(Error::invalid(
                 format!("{field}.path"),
-                format!("{} is not an absolute path", d.path().display()),
+                format!("{} is not an absolute path to a file", d.path().display()),
             ));
         }
         let kind = match d.typ() {
@@ -119,6 +119,10 @@ mod tests {
     fn relative_device_path_is_an_error() {
         let devs: Vec<LinuxDevice> =
             serde_json::from_str(r#"[{"path":"dev/x","type":"c","major":1,"minor":1}]"#).unwrap();
+        let e = plan_devices(&devs).unwrap_err().to_string();
+        assert!(e.contains("linux.devices[0].path"), "{e}");
+        let devs: Vec<LinuxDevice> =
+            serde_json::from_str(r#"[{"path":"/dev/..","type":"c","major":1,"minor":1}]"#).unwrap();
         let e = plan_devices(&devs).unwrap_err().to_string();
         assert!(e.contains("linux.devices[0].path"), "{e}");
     }

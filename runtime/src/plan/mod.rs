@@ -1,8 +1,10 @@
 //! The launch plan: everything the init must do, as typed data, computed from the spec by
 //! pure code. The plan crosses a process boundary (shim -> launcher) as JSON.
 
+pub mod cgroupfs;
 pub mod devices;
 pub mod hooks;
+pub mod kernel;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     devices::DeviceNode,
     hooks::{HookKind, HookPlan, HooksPlan},
+    kernel::KernelPlan,
     mounts::MountPlan,
     namespaces::{NamespaceKind, NamespacePlan},
     process::ProcessPlan,
@@ -42,6 +45,12 @@ pub struct LaunchPlan {
     pub devices: Vec<DeviceNode>,
     pub masked_paths: Vec<PathBuf>,
     pub readonly_paths: Vec<PathBuf>,
+    /// sysctls, loopback, personality, scheduler, I/O priority, affinity, LSM labels.
+    #[serde(default)]
+    pub kernel: KernelPlan,
+    /// MS_MOVE + chroot instead of pivot_root (containerd's `no_pivot_root` option).
+    #[serde(default)]
+    pub no_pivot_root: bool,
     pub process: ProcessPlan,
     pub cgroup: CgroupPlan,
     pub hooks: HooksPlan,
@@ -92,6 +101,15 @@ pub fn exec_plan(container: &LaunchPlan, init_pid: i32, process: ProcessPlan) ->
             dirs: container.cgroup.dirs.clone(),
             ..Default::default()
         },
+        // Container-wide settings stay as the init left them; the process-level ones
+        // (personality, LSM labels) follow the container's.
+        kernel: KernelPlan {
+            personality: container.kernel.personality,
+            apparmor_profile: container.kernel.apparmor_profile.clone(),
+            selinux_label: container.kernel.selinux_label.clone(),
+            ..Default::default()
+        },
+        no_pivot_root: container.no_pivot_root,
         // Hooks belong to the container's lifecycle, not to its execs.
         hooks: HooksPlan::default(),
         // The container's filter applies to its execs too (as with runc).
@@ -152,13 +170,8 @@ fn reject_unimplemented(spec: &Spec) -> Result<()> {
             "linux.gidMappings",
             linux.gid_mappings().as_ref().is_some_and(|v| !v.is_empty()),
         ),
-        (
-            "linux.sysctl",
-            linux.sysctl().as_ref().is_some_and(|v| !v.is_empty()),
-        ),
         ("linux.intelRdt", linux.intel_rdt().is_some()),
         ("linux.memoryPolicy", linux.memory_policy().is_some()),
-        ("linux.personality", linux.personality().is_some()),
         (
             "linux.timeOffsets",
             linux.time_offsets().as_ref().is_some_and(|v| !v.is_empty()),
@@ -209,14 +222,16 @@ pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<La
     }
     let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
     let domainname = spec.domainname().clone().filter(|h| !h.is_empty());
-    if (hostname.is_some() || domainname.is_some()) && !namespaces.has(NamespaceKind::Uts) {
-        return Err(Error::invalid(
-            "hostname",
-            "setting a hostname needs a UTS namespace in linux.namespaces",
-        ));
+    for (field, set) in [("hostname", &hostname), ("domainname", &domainname)] {
+        if set.is_some() && !namespaces.has(NamespaceKind::Uts) {
+            return Err(Error::invalid(
+                field,
+                format!("setting the {field} needs a UTS namespace in linux.namespaces"),
+            ));
+        }
     }
 
-    let mounts = spec
+    let mut mounts = spec
         .mounts()
         .iter()
         .flatten()
@@ -225,6 +240,8 @@ pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<La
         .collect::<Result<Vec<_>>>()?;
     let devices = devices::plan_devices(linux.devices().as_deref().unwrap_or_default())?;
     let cgroup = cgroups::plan_cgroup(linux, id, &devices, layout)?;
+    cgroupfs::plan_cgroup_mounts(&mut mounts, &cgroup, layout)?;
+    let kernel = kernel::plan_kernel(linux, process, &namespaces, hostname.as_deref())?;
 
     Ok(LaunchPlan {
         id: id.to_owned(),
@@ -238,6 +255,8 @@ pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<La
         devices,
         masked_paths: absolute_paths("linux.maskedPaths", linux.masked_paths().as_ref())?,
         readonly_paths: absolute_paths("linux.readonlyPaths", linux.readonly_paths().as_ref())?,
+        kernel,
+        no_pivot_root: false,
         process: process::plan_process(process)?,
         cgroup,
         hooks: hooks::plan_hooks(spec, bundle, id)?,
@@ -328,6 +347,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hostname"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(CTR_DEFAULT_SPEC).unwrap();
+        v["domainname"] = "example.org".into();
+        v["linux"]["namespaces"] = serde_json::json!([{"type":"mount"}]);
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        let e = build(&spec, Path::new("/b"), "c", &layout())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config.json: domainname: "), "{e}");
+    }
+
+    #[test]
+    fn kernel_settings_and_cgroup_mounts_are_planned() {
+        let mut v: serde_json::Value = serde_json::from_str(CTR_DEFAULT_SPEC).unwrap();
+        v["domainname"] = "example.org".into();
+        v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+        v["linux"]["personality"] = serde_json::json!({"domain": "LINUX32"});
+        v["process"]["scheduler"] = serde_json::json!({"policy": "SCHED_IDLE"});
+        v["process"]["ioPriority"] = serde_json::json!({"class": "IOPRIO_CLASS_BE", "priority": 4});
+        v["process"]["execCPUAffinity"] = serde_json::json!({"final": "0"});
+        v["process"]["apparmorProfile"] = "p".into();
+        v["mounts"].as_array_mut().unwrap().push(
+            serde_json::json!({"destination": "/sys/fs/cgroup", "type": "cgroup",
+                "source": "cgroup", "options": ["ro", "nosuid"]}),
+        );
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        let plan = build(&spec, Path::new("/b"), "c", &layout()).unwrap();
+        assert_eq!(plan.domainname.as_deref(), Some("example.org"));
+        assert_eq!(plan.kernel.sysctls[0].key, "net.ipv4.ip_forward");
+        assert!(plan.kernel.loopback_up);
+        assert_eq!(plan.kernel.personality, Some(8));
+        assert_eq!(
+            plan.kernel.scheduler.unwrap().policy,
+            libc::SCHED_IDLE as u32
+        );
+        assert_eq!(plan.kernel.io_priority, Some((2 << 13) | 4));
+        assert_eq!(plan.kernel.cpu_affinity_final, Some(vec![0]));
+        assert_eq!(plan.kernel.apparmor_profile.as_deref(), Some("p"));
+        let cg = plan.mounts.last().unwrap().cgroup.as_ref().unwrap();
+        let names: Vec<_> = cg.binds.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["devices", "unified"]);
+        assert!(!plan.no_pivot_root);
     }
 
     #[test]

@@ -6,7 +6,11 @@ use nix::mount::MsFlags;
 use oci_spec::runtime::Mount;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use super::cgroupfs::CgroupFs;
+use crate::{
+    mountapi::{self, MountAttr},
+    Error, Result,
+};
 
 /// One mount of the container, ready for mount(2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,14 +20,22 @@ pub struct MountPlan {
     /// Host path for binds (made absolute against the bundle), or the fs source string.
     pub source: Option<PathBuf>,
     pub fstype: Option<String>,
-    /// Flags for the first mount(2) call.
+    /// mount(2) flags. A bind gets ro, nosuid, ... as mount attributes of its detached copy
+    /// before it is attached (see crate::rootfs).
     pub flags: u64,
-    /// Flags a bind mount needs in a second, MS_REMOUNT call (ro, nosuid, ...).
-    pub remount_flags: Option<u64>,
     /// Filesystem data: the options that are not flags, joined by commas.
     pub data: String,
     /// Propagation changes, each its own mount(2) call after the mount.
     pub propagation: Vec<u64>,
+    /// The recursive options (rro, rnosuid, ...): mount_setattr(AT_RECURSIVE) on the new tree.
+    #[serde(default)]
+    pub recursive: MountAttr,
+    /// tmpcopyup: the new tmpfs starts with a copy of what the destination held.
+    #[serde(default)]
+    pub tmpcopyup: bool,
+    /// Set for cgroup filesystems (see [`super::cgroupfs`]).
+    #[serde(default)]
+    pub cgroup: Option<CgroupFs>,
 }
 
 impl MountPlan {
@@ -38,6 +50,12 @@ enum MountOption {
     Set(MsFlags),
     Clear(MsFlags),
     Propagation(MsFlags),
+    /// A recursive attribute (MOUNT_ATTR_*) to set, or to clear.
+    RecursiveSet(u64),
+    RecursiveClear(u64),
+    /// A recursive atime mode (MOUNT_ATTR_RELATIME, _NOATIME or _STRICTATIME).
+    RecursiveAtime(u64),
+    TmpCopyUp,
     /// Valid OCI options this runtime does not implement yet.
     Unsupported,
 }
@@ -90,24 +108,30 @@ fn lookup(option: &str) -> Option<MountOption> {
         "rslave" => prop(MsFlags::MS_SLAVE | MsFlags::MS_REC),
         "unbindable" => prop(MsFlags::MS_UNBINDABLE),
         "runbindable" => prop(MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
-        "rro" | "rrw" | "rnosuid" | "rsuid" | "rnodev" | "rdev" | "rnoexec" | "rexec"
-        | "rnodiratime" | "rdiratime" | "rrelatime" | "rnorelatime" | "rnoatime" | "ratime"
-        | "rstrictatime" | "rnostrictatime" | "rnosymfollow" | "rsymfollow" | "idmap"
-        | "ridmap" | "tmpcopyup" => Some(Unsupported),
+        "rro" => Some(RecursiveSet(mountapi::MOUNT_ATTR_RDONLY)),
+        "rrw" => Some(RecursiveClear(mountapi::MOUNT_ATTR_RDONLY)),
+        "rnosuid" => Some(RecursiveSet(mountapi::MOUNT_ATTR_NOSUID)),
+        "rsuid" => Some(RecursiveClear(mountapi::MOUNT_ATTR_NOSUID)),
+        "rnodev" => Some(RecursiveSet(mountapi::MOUNT_ATTR_NODEV)),
+        "rdev" => Some(RecursiveClear(mountapi::MOUNT_ATTR_NODEV)),
+        "rnoexec" => Some(RecursiveSet(mountapi::MOUNT_ATTR_NOEXEC)),
+        "rexec" => Some(RecursiveClear(mountapi::MOUNT_ATTR_NOEXEC)),
+        "rnodiratime" => Some(RecursiveSet(mountapi::MOUNT_ATTR_NODIRATIME)),
+        "rdiratime" => Some(RecursiveClear(mountapi::MOUNT_ATTR_NODIRATIME)),
+        "rnosymfollow" => Some(RecursiveSet(mountapi::MOUNT_ATTR_NOSYMFOLLOW)),
+        "rsymfollow" => Some(RecursiveClear(mountapi::MOUNT_ATTR_NOSYMFOLLOW)),
+        // The kernel keeps one atime mode per mount; the "no" forms select what mount(8)
+        // means by them: norelatime is strictatime, atime and nostrictatime the default.
+        "rrelatime" | "ratime" | "rnostrictatime" => {
+            Some(RecursiveAtime(mountapi::MOUNT_ATTR_RELATIME))
+        }
+        "rnoatime" => Some(RecursiveAtime(mountapi::MOUNT_ATTR_NOATIME)),
+        "rstrictatime" | "rnorelatime" => Some(RecursiveAtime(mountapi::MOUNT_ATTR_STRICTATIME)),
+        "tmpcopyup" => Some(TmpCopyUp),
+        "idmap" | "ridmap" => Some(Unsupported),
         _ => None,
     }
 }
-
-/// Flags that a bind mount only honours when applied again with MS_REMOUNT.
-const BIND_REMOUNT_FLAGS: MsFlags = MsFlags::MS_RDONLY
-    .union(MsFlags::MS_NOSUID)
-    .union(MsFlags::MS_NODEV)
-    .union(MsFlags::MS_NOEXEC)
-    .union(MsFlags::MS_NOATIME)
-    .union(MsFlags::MS_NODIRATIME)
-    .union(MsFlags::MS_RELATIME)
-    .union(MsFlags::MS_STRICTATIME)
-    .union(MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW));
 
 /// Plans one spec mount; `index` names it in errors (`mounts[3]`).
 pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPlan> {
@@ -129,11 +153,26 @@ pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPla
     let mut flags = MsFlags::empty();
     let mut propagation = Vec::new();
     let mut data = Vec::new();
+    let mut recursive = MountAttr::default();
+    let mut tmpcopyup = false;
     for option in mount.options().iter().flatten() {
         match lookup(option) {
             Some(MountOption::Set(f)) => flags |= f,
             Some(MountOption::Clear(f)) => flags &= !f,
             Some(MountOption::Propagation(f)) => propagation.push(f.bits()),
+            Some(MountOption::RecursiveSet(a)) => {
+                recursive.set |= a;
+                recursive.clear &= !a;
+            }
+            Some(MountOption::RecursiveClear(a)) => {
+                recursive.clear |= a;
+                recursive.set &= !a;
+            }
+            Some(MountOption::RecursiveAtime(a)) => {
+                recursive.set = (recursive.set & !mountapi::MOUNT_ATTR_ATIME) | a;
+                recursive.clear |= mountapi::MOUNT_ATTR_ATIME;
+            }
+            Some(MountOption::TmpCopyUp) => tmpcopyup = true,
             Some(MountOption::Unsupported) => {
                 return Err(Error::unsupported(
                     field(".options"),
@@ -149,10 +188,10 @@ pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPla
         // "type": "bind" without a bind option still means a bind mount (runc does the same).
         flags |= MsFlags::MS_BIND;
     }
-    if fstype.as_deref() == Some("cgroup") || fstype.as_deref() == Some("cgroup2") {
-        return Err(Error::unsupported(
-            field(".type"),
-            "cgroup filesystems inside the container are not implemented yet",
+    if tmpcopyup && fstype.as_deref() != Some("tmpfs") {
+        return Err(Error::invalid(
+            field(".options"),
+            "tmpcopyup needs a mount of type tmpfs",
         ));
     }
 
@@ -170,17 +209,16 @@ pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPla
         }
     }
 
-    let remount_flags = (is_bind && flags.intersects(BIND_REMOUNT_FLAGS))
-        .then(|| ((flags & BIND_REMOUNT_FLAGS) | MsFlags::MS_BIND | MsFlags::MS_REMOUNT).bits());
-
     Ok(MountPlan {
         destination,
         source,
         fstype,
         flags: flags.bits(),
-        remount_flags,
         data: data.join(","),
         propagation,
+        recursive,
+        tmpcopyup,
+        cgroup: None,
     })
 }
 
@@ -294,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn read_only_bind_gets_a_remount_and_relative_source_uses_the_bundle() {
+    fn read_only_bind_keeps_its_flags_and_relative_source_uses_the_bundle() {
         let m = mount("none", "data", "/data", &["rbind", "ro", "nosuid"]);
         let p = plan_mount(0, &m, Path::new("/bundle")).unwrap();
         assert_eq!(p.source.as_deref(), Some(Path::new("/bundle/data")));
@@ -303,21 +341,14 @@ mod tests {
             p.flags,
             (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID).bits()
         );
-        assert_eq!(
-            p.remount_flags,
-            Some(
-                (MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID)
-                    .bits()
-            )
-        );
     }
 
     #[test]
-    fn plain_bind_needs_no_remount_and_type_bind_implies_bind() {
+    fn type_bind_implies_bind() {
         let m = mount("bind", "/host", "/c", &[]);
         let p = plan_mount(0, &m, Path::new("/b")).unwrap();
         assert!(p.is_bind());
-        assert_eq!(p.remount_flags, None);
+        assert_eq!(p.flags, MsFlags::MS_BIND.bits());
         assert_eq!(p.source.as_deref(), Some(Path::new("/host")));
     }
 
@@ -325,17 +356,112 @@ mod tests {
     fn errors_name_the_mount_and_field() {
         let e = plan_mount(2, &mount("tmpfs", "t", "rel/path", &[]), Path::new("/b")).unwrap_err();
         assert!(e.to_string().contains("mounts[2].destination"), "{e}");
-        let e = plan_mount(1, &mount("bind", "/h", "/c", &["rro"]), Path::new("/b")).unwrap_err();
+        let e = plan_mount(1, &mount("bind", "/h", "/c", &["idmap"]), Path::new("/b")).unwrap_err();
         assert!(
-            e.to_string().contains("mounts[1].options") && e.to_string().contains("rro"),
+            e.to_string().contains("mounts[1].options") && e.to_string().contains("idmap"),
             "{e}"
         );
         let e = plan_mount(
             3,
-            &mount("cgroup", "cgroup", "/sys/fs/cgroup", &[]),
+            &mount("bind", "/h", "/c", &["rbind", "tmpcopyup"]),
             Path::new("/b"),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("mounts[3].type"), "{e}");
+        assert!(e.to_string().contains("mounts[3].options"), "{e}");
+    }
+
+    #[test]
+    fn recursive_options_become_mount_attributes() {
+        use mountapi::*;
+        let p = |opts: &[&str]| {
+            plan_mount(0, &mount("bind", "/h", "/c", opts), Path::new("/b"))
+                .unwrap()
+                .recursive
+        };
+        let table: &[(&str, &str, u64)] = &[
+            ("rro", "rrw", MOUNT_ATTR_RDONLY),
+            ("rnosuid", "rsuid", MOUNT_ATTR_NOSUID),
+            ("rnodev", "rdev", MOUNT_ATTR_NODEV),
+            ("rnoexec", "rexec", MOUNT_ATTR_NOEXEC),
+            ("rnodiratime", "rdiratime", MOUNT_ATTR_NODIRATIME),
+            ("rnosymfollow", "rsymfollow", MOUNT_ATTR_NOSYMFOLLOW),
+        ];
+        for (set, clear, attr) in table {
+            assert_eq!(
+                p(&[set]),
+                MountAttr {
+                    set: *attr,
+                    clear: 0
+                },
+                "{set}"
+            );
+            assert_eq!(
+                p(&[clear]),
+                MountAttr {
+                    set: 0,
+                    clear: *attr
+                },
+                "{clear}"
+            );
+            assert_eq!(
+                p(&[set, clear]),
+                MountAttr {
+                    set: 0,
+                    clear: *attr
+                },
+                "{set},{clear}"
+            );
+        }
+        for (opt, mode) in [
+            ("rnoatime", MOUNT_ATTR_NOATIME),
+            ("rstrictatime", MOUNT_ATTR_STRICTATIME),
+            ("rnorelatime", MOUNT_ATTR_STRICTATIME),
+            ("rrelatime", MOUNT_ATTR_RELATIME),
+            ("ratime", MOUNT_ATTR_RELATIME),
+            ("rnostrictatime", MOUNT_ATTR_RELATIME),
+        ] {
+            assert_eq!(
+                p(&["rnoexec", opt]),
+                MountAttr {
+                    set: MOUNT_ATTR_NOEXEC | mode,
+                    clear: MOUNT_ATTR_ATIME
+                },
+                "{opt}"
+            );
+        }
+        // The last atime option wins.
+        assert_eq!(p(&["rnoatime", "ratime"]).set, MOUNT_ATTR_RELATIME);
+        // Recursive options leave the mount(2) flags alone.
+        let m = plan_mount(
+            0,
+            &mount("bind", "/h", "/c", &["rbind", "rro"]),
+            Path::new("/b"),
+        )
+        .unwrap();
+        assert_eq!(m.flags, (MsFlags::MS_BIND | MsFlags::MS_REC).bits());
+    }
+
+    #[test]
+    fn tmpcopyup_is_planned_for_tmpfs() {
+        let p = plan_mount(
+            0,
+            &mount("tmpfs", "tmpfs", "/etc", &["tmpcopyup", "mode=755"]),
+            Path::new("/b"),
+        )
+        .unwrap();
+        assert!(p.tmpcopyup);
+        assert_eq!(p.data, "mode=755");
+    }
+
+    #[test]
+    fn cgroup_mounts_are_planned_later_with_the_host_layout() {
+        let p = plan_mount(
+            3,
+            &mount("cgroup", "cgroup", "/sys/fs/cgroup", &["ro", "nosuid"]),
+            Path::new("/b"),
+        )
+        .unwrap();
+        assert_eq!(p.fstype.as_deref(), Some("cgroup"));
+        assert_eq!(p.cgroup, None);
     }
 }

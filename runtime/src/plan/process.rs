@@ -115,17 +115,8 @@ pub fn plan_process(p: &Process) -> Result<ProcessPlan> {
             format!("{:?} is not an absolute path", p.cwd()),
         ));
     }
-    for (field, set) in [
-        ("process.apparmorProfile", p.apparmor_profile().is_some()),
-        ("process.selinuxLabel", p.selinux_label().is_some()),
-        ("process.scheduler", p.scheduler().is_some()),
-        ("process.ioPriority", p.io_priority().is_some()),
-        ("process.execCPUAffinity", p.exec_cpu_affinity().is_some()),
-    ] {
-        if set {
-            return Err(Error::unsupported(field, "not implemented yet"));
-        }
-    }
+    // apparmorProfile, selinuxLabel, scheduler, ioPriority and execCPUAffinity: see
+    // super::kernel.
 
     let mut rlimits: Vec<RlimitPlan> = Vec::new();
     for (i, r) in p.rlimits().iter().flatten().enumerate() {
@@ -240,10 +231,6 @@ mod tests {
                 r#"{"user":{"uid":0,"gid":0},"args":["x"],"cwd":"/","rlimits":[
                    {"type":"RLIMIT_CORE","hard":1,"soft":2}]}"#,
                 "process.rlimits[0]",
-            ),
-            (
-                r#"{"user":{"uid":0,"gid":0},"args":["x"],"cwd":"/","apparmorProfile":"p"}"#,
-                "process.apparmorProfile",
             ),
         ];
         for (json, field) in cases {
