@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod chroot;
 pub mod copyup;
 pub mod error;
+pub mod features;
 pub mod hooks;
 pub mod kernel;
 pub mod launch;

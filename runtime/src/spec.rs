@@ -55,6 +55,22 @@ fn check_version(version: &str) -> Result<()> {
     Ok(())
 }
 
+/// A default spec for a new bundle (like `runc spec`): an interactive `sh` in `rootfs`,
+/// with the default namespaces, mounts, masked paths and capabilities of this runtime-spec
+/// version.
+pub fn default_spec_json() -> String {
+    let mut spec = Spec::default();
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(true));
+        p.set_args(Some(vec!["sh".to_owned()]));
+    }
+    let mut v = serde_json::to_value(&spec).unwrap_or_default();
+    v["ociVersion"] = crate::features::OCI_VERSION_MAX.into();
+    v["root"] = serde_json::json!({"path": "rootfs", "readonly": true});
+    v["hostname"] = "shim-rs".into();
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +116,19 @@ mod tests {
             err.contains("linux.seccomp.syscalls[1].action: unknown variant `SCMP_ACT_BOGUS`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_default_spec_loads_and_plans() {
+        let json = default_spec_json();
+        let spec = parse(json.as_bytes(), Path::new("config.json")).unwrap();
+        assert_eq!(spec.version(), crate::features::OCI_VERSION_MAX);
+        let layout = crate::cgroups::Layout::parse(
+            "31 30 0:27 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices\n",
+        );
+        let plan = crate::plan::build(&spec, Path::new("/b"), "c", &layout).unwrap();
+        assert_eq!(plan.process.args, ["sh"]);
+        assert!(plan.process.terminal && plan.readonly_root);
     }
 
     #[test]

@@ -20,7 +20,10 @@ use std::{
 use containerd_shim::Flags;
 use containerd_shim_protos::{
     api::DeleteResponse,
-    protobuf::{well_known_types::timestamp::Timestamp, Message, MessageField},
+    protobuf::{
+        well_known_types::{any::Any, timestamp::Timestamp},
+        Message, MessageField,
+    },
     ttrpc::Server,
     types::introspection::{RuntimeInfo, RuntimeVersion},
 };
@@ -62,6 +65,11 @@ pub fn main() -> i32 {
         match flags.action.as_str() {
             "start" => start(&flags),
             "delete" => delete(&flags),
+            // Not containerd's: a default config.json to start a bundle from, as `runc spec`.
+            "spec" => {
+                println!("{}", runtime::spec::default_spec_json());
+                Ok(())
+            }
             "" => Err(
                 "no action given: containerd runs this binary with `start`, `delete` or -info"
                     .into(),
@@ -78,11 +86,21 @@ pub fn main() -> i32 {
     }
 }
 
+const FEATURES_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
+
 fn info() -> Result<(), String> {
+    let features = serde_json::to_vec(&runtime::features::document()).map_err(|e| e.to_string())?;
     let info = RuntimeInfo {
         name: RUNTIME_NAME.into(),
         version: MessageField::some(RuntimeVersion {
             version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        }),
+        // The OCI features document, as containerd's runc shim passes runc's.
+        features: MessageField::some(Any {
+            type_url: FEATURES_TYPE_URL.into(),
+            value: features,
             ..Default::default()
         }),
         ..Default::default()
