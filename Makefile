@@ -82,6 +82,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# libFuzzer over config.json parsing and planning (cargo-fuzz, stable toolchain, no sanitizer),
+# bounded in time; a crash fails the target and leaves the input in fuzz/artifacts.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(CARGO) fuzz run spec_plan --sanitizer none -- -max_total_time=$(FUZZ_SECONDS)
+
 bench: build
 	@test -f tests/bench.sh || { echo "tests/bench.sh missing" >&2; exit 1; }
 	bash tests/bench.sh $(BENCH_ARGS)
