@@ -354,12 +354,6 @@ fn dev_symlinks(root: &RootDir, plan: &LaunchPlan) -> Result<()> {
     Ok(())
 }
 
-/// The hook for /dev/console. runc binds the pty's replica there when process.terminal is
-/// set; terminals are not part of this module, so there is nothing to do without one, and
-/// with one the terminal code binds its replica here (the plan refuses terminals until then).
-fn console(_root: &RootDir, _plan: &LaunchPlan) -> Result<()> {
-    Ok(())
-}
 
 /// Switches the process's root to the rootfs and detaches the old root entirely.
 fn pivot(root: &RootDir) -> nix::Result<()> {
@@ -472,7 +466,6 @@ pub fn prepare(plan: &LaunchPlan, before_pivot: impl FnOnce() -> Result<()>) -> 
         create_device(&root, i, d)?;
     }
     dev_symlinks(&root, plan)?;
-    console(&root, plan)?;
     if let Some(proc_sys) = &proc_sys {
         kernel::write_sysctls(proc_sys, &plan.kernel.sysctls)?;
     }
