@@ -222,6 +222,10 @@ fn daemon(cfg: &StartConfig, listener: UnixListener, socket: &Path) -> Result<()
     // SAFETY: ignoring SIGPIPE has no preconditions; a vanished reader must not kill us.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
+    // One malloc arena for all threads: the shim's threads mostly sleep, and an arena per
+    // thread costs resident memory in every shim on the machine.
+    // SAFETY: mallopt has no preconditions; called before any thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     // Still single-threaded here: the launcher must be forked before any thread exists.
     // SAFETY: no thread has been started in this process.
     let zygote = unsafe { Zygote::spawn() }.map_err(|e| e.to_string())?;
@@ -244,7 +248,12 @@ fn daemon(cfg: &StartConfig, listener: UnixListener, socket: &Path) -> Result<()
         events.clone(),
         shutdown.clone(),
     );
+    // Wait RPCs block a worker each until their process exits: a pod with many containers
+    // needs many workers, or its other RPCs would queue behind the Waits. Idle workers exit.
     let mut server = Server::new()
+        .set_thread_count_min(1)
+        .set_thread_count_default(2)
+        .set_thread_count_max(256)
         .add_listener(listener.into_raw_fd())
         .map_err(|e| format!("ttrpc listener: {e}"))?
         .register_service(bootstrap::task_services(Arc::new(service)));
