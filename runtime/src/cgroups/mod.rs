@@ -14,6 +14,7 @@ use std::{
 use oci_spec::runtime::{Linux, LinuxDeviceCgroup, LinuxDeviceType};
 use serde::{Deserialize, Serialize};
 
+pub mod live;
 pub mod resources;
 
 use self::resources::CgroupWrite;
