@@ -9,6 +9,7 @@ pub mod events;
 pub mod exits;
 pub mod logger;
 pub mod metrics;
+pub mod oom;
 pub mod options;
 pub mod protocol;
 pub mod service;
