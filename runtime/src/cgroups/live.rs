@@ -239,6 +239,137 @@ mod tests {
         writes.iter().map(|w| w.file.as_str()).collect()
     }
 
+    /// A cgroup2 mount in a temp dir: the container directory with the files the kernel
+    /// would create there (writes never create files).
+    fn fake_v2(tag: &str) -> (PathBuf, Layout, CgroupPlan) {
+        let root = std::env::temp_dir().join(format!("shimrs-v2-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = root.join("k/c");
+        fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "cpu.weight",
+            "cpu.max",
+            "cpuset.cpus",
+            "memory.max",
+            "memory.low",
+            "memory.swap.max",
+            "pids.max",
+            "cgroup.freeze",
+        ] {
+            fs::write(dir.join(f), "").unwrap();
+        }
+        fs::write(dir.join("memory.current"), "5000000\n").unwrap();
+        fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let mut layout = Layout::parse(&format!(
+            "35 30 0:31 / {} rw - cgroup2 cgroup2 rw\n",
+            root.display()
+        ));
+        layout.hierarchies[0].controllers = ["cpu", "cpuset", "memory", "pids"]
+            .map(String::from)
+            .to_vec();
+        let linux: oci_spec::runtime::Linux = serde_json::from_str(
+            r#"{"cgroupsPath":"/k/c","resources":{"cpu":{"shares":1024,"quota":50000,"period":100000,"cpus":"0"},
+                "memory":{"limit":20000000,"swap":30000000,"reservation":1000},"pids":{"limit":10}}}"#,
+        )
+        .unwrap();
+        let plan = super::super::plan_cgroup(&linux, "c", &[], &layout).unwrap();
+        (root, layout, plan)
+    }
+
+    fn contents(dir: &Path) -> Vec<(String, String)> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().into_string().unwrap(),
+                    fs::read_to_string(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn v2_create_then_update_writes_every_file() {
+        let (root, layout, plan) = fake_v2("update");
+        let dir = root.join("k/c");
+        super::super::create(&plan).unwrap();
+        let expect = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(f, v)| (f.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            contents(&dir),
+            expect(&[
+                ("cgroup.events", "populated 1\nfrozen 0\n"),
+                ("cgroup.freeze", ""),
+                ("cpu.max", "50000 100000"),
+                ("cpu.weight", "39"),
+                ("cpuset.cpus", "0"),
+                ("memory.current", "5000000\n"),
+                ("memory.low", "1000"),
+                ("memory.max", "20000000"),
+                ("memory.swap.max", "10000000"),
+                ("pids.max", "10"),
+            ])
+        );
+        assert_eq!(relative_path(&plan, &layout), Some(PathBuf::from("k/c")));
+        let r: LinuxResources = serde_json::from_str(
+            r#"{"cpu":{"quota":-1},"memory":{"limit":-1,"swap":-1},"pids":{"limit":0}}"#,
+        )
+        .unwrap();
+        update(&plan, &r, &layout).unwrap();
+        let files = contents(&dir);
+        let get = |f: &str| files.iter().find(|(n, _)| n == f).unwrap().1.clone();
+        assert_eq!(get("cpu.max"), "max 100000");
+        assert_eq!(get("memory.max"), "max");
+        assert_eq!(get("memory.swap.max"), "max");
+        assert_eq!(get("pids.max"), "max");
+        assert_eq!(get("cpu.weight"), "39", "untouched by the update");
+
+        // checkBeforeUpdate compares with memory.current and writes nothing when refused.
+        let below: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":4096,"checkBeforeUpdate":true},"pids":{"limit":5}}"#,
+        )
+        .unwrap();
+        let e = update(&plan, &below, &layout).unwrap_err().to_string();
+        assert!(
+            e.contains("linux.resources.memory.limit") && e.contains("5000000"),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "max");
+        // Device changes are refused, not ignored.
+        let devices: LinuxResources =
+            serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).unwrap();
+        let e = update(&plan, &devices, &layout).unwrap_err().to_string();
+        assert!(e.contains("linux.resources.devices"), "{e}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn v2_freeze_waits_for_frozen_and_thaw_clears_it() {
+        let (root, layout, plan) = fake_v2("freeze");
+        let dir = root.join("k/c");
+        // The "kernel" reports frozen a little after the write.
+        let events = dir.join("cgroup.events");
+        let kernel = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            fs::write(events, "populated 1\nfrozen 1\n").unwrap();
+        });
+        let t0 = Instant::now();
+        freeze(&plan, &layout).unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        kernel.join().unwrap();
+        assert_eq!(fs::read_to_string(dir.join("cgroup.freeze")).unwrap(), "1");
+        thaw(&plan, &layout).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("cgroup.freeze")).unwrap(), "0");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn v1_memory_order_follows_the_direction_of_the_change() {
         let dir = std::env::temp_dir().join(format!("shimrs-live-{}", std::process::id()));
