@@ -142,10 +142,12 @@ fn unimplemented_rpc_says_so() {
         "sleep",
         "300",
     ]);
-    let out = ctr(&["task", "pause", &id]);
+    // Checkpoint (ctr pauses around it, and resumes after the refusal).
+    let out = ctr(&["task", "checkpoint", &id]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "pause succeeded?");
-    assert!(err.contains("not implemented"), "pause error: {err}");
+    assert!(!out.status.success(), "checkpoint succeeded?");
+    assert!(err.contains("not implemented"), "checkpoint error: {err}");
+    assert_eq!(task_status(&id).as_deref(), Some("RUNNING"));
     ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
     assert!(wait_until(Duration::from_secs(10), || task_status(&id)
         .as_deref()

@@ -354,7 +354,6 @@ fn dev_symlinks(root: &RootDir, plan: &LaunchPlan) -> Result<()> {
     Ok(())
 }
 
-
 /// Switches the process's root to the rootfs and detaches the old root entirely.
 fn pivot(root: &RootDir) -> nix::Result<()> {
     let old = fs::File::open("/")

@@ -5,7 +5,10 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Condvar, Mutex, MutexGuard,
+    },
 };
 
 use runtime::{
@@ -153,9 +156,22 @@ pub struct Container {
     pub init: Arc<Process>,
     pub execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
     pub exit_order: Arc<Mutex<ExitOrder>>,
+    /// Frozen by Pause (the exit path thaws and clears it).
+    pub paused: Arc<AtomicBool>,
 }
 
 impl Container {
+    /// runc's shim refuses new processes in a frozen container (they would hang).
+    pub fn refuse_if_paused(&self) -> crate::error::Result<()> {
+        if self.paused.load(Ordering::SeqCst) {
+            return Err(crate::error::Error::FailedPrecondition(format!(
+                "container {}: cannot exec in a paused state",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
     pub fn exec(&self, exec_id: &str) -> Option<Arc<ExecProcess>> {
         self.execs
             .lock()

@@ -8,6 +8,8 @@ pub mod error;
 pub mod events;
 pub mod exits;
 pub mod logger;
+pub mod metrics;
+pub mod oom;
 pub mod options;
 pub mod protocol;
 pub mod service;

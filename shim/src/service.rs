@@ -4,7 +4,10 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Condvar, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Condvar, Mutex,
+    },
 };
 
 use containerd_shim_protos::{
@@ -17,6 +20,7 @@ use containerd_shim_protos::{
     events::task::{
         TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
     },
+    events::task::{TaskPaused, TaskResumed},
     protobuf::{
         well_known_types::{any::Any, timestamp::Timestamp},
         EnumOrUnknown, Message, MessageField,
@@ -41,6 +45,7 @@ use crate::{
     error::{Error, Result},
     events::EventQueue,
     exits::ExitMonitor,
+    oom::OomWatcher,
     options::RuntimeOptions,
     stdio::LaunchIo,
 };
@@ -70,6 +75,8 @@ pub struct Service {
     events: Arc<EventQueue>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     shutdown: Arc<ShutdownSignal>,
+    /// None if its descriptors could not be created (logged): no OOM events then.
+    oom: Option<OomWatcher>,
 }
 
 fn timestamp(nanos: u64) -> Timestamp {
@@ -134,6 +141,9 @@ impl Service {
         events: Arc<EventQueue>,
         shutdown: Arc<ShutdownSignal>,
     ) -> Service {
+        let oom = OomWatcher::start(events.clone())
+            .map_err(|e| error!("OOM watcher: {e}: no /tasks/oom events from this shim"))
+            .ok();
         Service {
             namespace,
             zygote,
@@ -141,6 +151,7 @@ impl Service {
             events,
             containers: Mutex::new(HashMap::new()),
             shutdown,
+            oom,
         }
     }
 
@@ -220,6 +231,7 @@ impl Service {
 
         let init = Arc::new(Process::default());
         let exit_order = Arc::new(Mutex::new(ExitOrder::default()));
+        let paused = Arc::new(AtomicBool::new(false));
         let on_exit = {
             let (watched, events, cid, order) = (
                 init.clone(),
@@ -229,7 +241,17 @@ impl Service {
             );
             let (cgroup, own_pidns) =
                 (plan.cgroup.clone(), plan.namespaces.has(NamespaceKind::Pid));
+            let (oom, paused) = (self.oom.clone(), paused.clone());
             move |exit: Exit| {
+                // An OOM kill is signalled before the victim dies: publish it before the exit.
+                if let Some(oom) = &oom {
+                    oom.check(&cid);
+                }
+                if paused.swap(false, Ordering::SeqCst) {
+                    // What is left of a paused container must be able to die (runc's shim
+                    // resumes an exited paused container too).
+                    let _ = cgroups::live::thaw(&cgroup, Layout::host());
+                }
                 watched.drain_output();
                 let mut s = watched.set_exited(exit);
                 if !own_pidns {
@@ -306,7 +328,13 @@ impl Service {
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
             exit_order,
+            paused,
         });
+        if let Some(oom) = &self.oom {
+            if let Err(e) = oom.watch(&id, &container.plan.cgroup, Layout::host()) {
+                error!("create {id}: watching for OOM: {e}: no /tasks/oom for this container");
+            }
+        }
 
         let mut s = init.lock();
         s.launched = Some(launched);
@@ -424,6 +452,7 @@ impl Service {
 
     fn do_exec(&self, req: &ExecProcessRequest) -> Result<()> {
         let c = self.container(&req.id)?;
+        c.refuse_if_paused()?;
         if c.init.lock().status == Status::Stopped {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is not running",
@@ -484,6 +513,7 @@ impl Service {
                 c.id
             ))
         })?;
+        c.refuse_if_paused()?;
         let init_pid = {
             let s = c.init.lock();
             if s.status != Status::Running {
@@ -644,6 +674,9 @@ impl Service {
                 .remove(&req.exec_id);
             return Ok(response);
         }
+        if let Some(oom) = &self.oom {
+            oom.unwatch(&req.id);
+        }
         cgroups::destroy(&c.plan.cgroup)?;
         if c.rootfs_mounted {
             state::unmount_rootfs(&c.plan.rootfs)?;
@@ -678,6 +711,8 @@ impl Service {
         let s = process.lock();
         let status = match s.status {
             Status::Created => api::Status::CREATED,
+            // A paused container's execs are paused too (as containerd's runc shim says).
+            Status::Running if c.paused.load(Ordering::SeqCst) => api::Status::PAUSED,
             Status::Running => api::Status::RUNNING,
             Status::Stopped => api::Status::STOPPED,
         };
@@ -727,6 +762,10 @@ impl Service {
                 }
             }
         }
+        if signal == libc::SIGKILL && c.paused.load(Ordering::SeqCst) {
+            // A frozen (v1) task dies only once thawed; runc thaws for SIGKILL as well.
+            cgroups::live::thaw(&c.plan.cgroup, Layout::host())?;
+        }
         Ok(())
     }
 
@@ -748,6 +787,82 @@ impl Service {
             Error::FailedPrecondition(format!(
                 "container {id}: the process has no stdio to act on"
             ))
+        })
+    }
+
+    /// Pause (`freeze`) or Resume: the init must be running; events as runc's shim sends.
+    fn do_pause(&self, id: &str, freeze: bool) -> Result<()> {
+        let c = self.container(id)?;
+        // The init's lock orders this against its exit (which thaws a paused container).
+        let s = c.init.lock();
+        if s.status != Status::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot {} container {id}: it is {:?}",
+                if freeze { "pause" } else { "resume" },
+                s.status
+            )));
+        }
+        if c.paused.load(Ordering::SeqCst) == freeze {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is already {}",
+                if freeze { "paused" } else { "running" }
+            )));
+        }
+        if freeze {
+            cgroups::live::freeze(&c.plan.cgroup, Layout::host())?;
+            c.paused.store(true, Ordering::SeqCst);
+            self.events.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: id.to_owned(),
+                    ..Default::default()
+                }),
+            );
+        } else {
+            cgroups::live::thaw(&c.plan.cgroup, Layout::host())?;
+            c.paused.store(false, Ordering::SeqCst);
+            self.events.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: id.to_owned(),
+                    ..Default::default()
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// Update: `resources` holds OCI LinuxResources as JSON (containerd's runc shim decodes
+    /// it the same way), applied live to the container's cgroup.
+    fn do_update(&self, req: &api::UpdateTaskRequest) -> Result<()> {
+        let c = self.container(&req.id)?;
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("update: resources are missing".into()))?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "update {}: resources are not OCI LinuxResources JSON: {e}",
+                    req.id
+                ))
+            })?;
+        if c.init.lock().status == Status::Stopped {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot update container {}: it is stopped",
+                req.id
+            )));
+        }
+        // The planner names spec fields; here they come from the request, not config.json.
+        cgroups::live::update(&c.plan.cgroup, &resources, Layout::host()).map_err(|e| match e {
+            runtime::Error::InvalidField { field, message } => {
+                Error::InvalidArgument(format!("update {}: {field}: {message}", req.id))
+            }
+            runtime::Error::Unsupported { field, message } => Error::Unimplemented(format!(
+                "update {}: {field}: not supported by io.containerd.rs.v1: {message}",
+                req.id
+            )),
+            other => Error::Internal(format!("update {}: {other}", req.id)),
         })
     }
 
@@ -901,12 +1016,12 @@ impl Task for Service {
         Ok(Empty::default())
     }
 
-    fn pause(&self, _: &TtrpcContext, _: api::PauseRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Pause")
+    fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<Empty> {
+        reply("pause", &req.id, self.do_pause(&req.id, true)).map(|()| Empty::default())
     }
 
-    fn resume(&self, _: &TtrpcContext, _: api::ResumeRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Resume")
+    fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
+        reply("resume", &req.id, self.do_pause(&req.id, false)).map(|()| Empty::default())
     }
 
     fn checkpoint(&self, _: &TtrpcContext, _: api::CheckpointTaskRequest) -> ttrpc::Result<Empty> {
@@ -933,11 +1048,17 @@ impl Task for Service {
         reply("close_io", &req.id, r).map(|()| Empty::default())
     }
 
-    fn update(&self, _: &TtrpcContext, _: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Update")
+    fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        reply("update", &req.id, self.do_update(&req)).map(|()| Empty::default())
     }
 
-    fn stats(&self, _: &TtrpcContext, _: api::StatsRequest) -> ttrpc::Result<api::StatsResponse> {
-        unimplemented("Stats")
+    fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> ttrpc::Result<api::StatsResponse> {
+        let r = self.container(&req.id).and_then(|c| {
+            crate::metrics::collect(&c.plan.cgroup, Layout::host()).map(|any| api::StatsResponse {
+                stats: MessageField::some(any),
+                ..Default::default()
+            })
+        });
+        reply("stats", &req.id, r)
     }
 }

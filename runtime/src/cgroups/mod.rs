@@ -14,6 +14,7 @@ use std::{
 use oci_spec::runtime::{Linux, LinuxDeviceCgroup, LinuxDeviceType};
 use serde::{Deserialize, Serialize};
 
+pub mod live;
 pub mod resources;
 
 use self::resources::CgroupWrite;
@@ -293,8 +294,10 @@ pub fn plan_cgroup(
 }
 
 fn write_file(path: &Path, value: &str) -> Result<()> {
+    // O_TRUNC as runc does: meaningless for cgroupfs, but keeps a plain file (tests) exact.
     fs::OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(path)
         .and_then(|mut f| f.write_all(value.as_bytes()))
         .map_err(|e| Error::Other(format!("write {value:?} to {}: {e}", path.display())))

@@ -1,0 +1,408 @@
+//! Operations on a running container's cgroup: live resource updates, freeze/thaw, and where
+//! each controller's files are (for stats and OOM watching).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use oci_spec::runtime::LinuxResources;
+
+use super::{device_rule, resources, write_file, CgroupPlan, Layout};
+use crate::{Error, Result};
+
+/// The container's path below each hierarchy root, recovered from its planned directories.
+pub fn relative_path(plan: &CgroupPlan, layout: &Layout) -> Option<PathBuf> {
+    plan.dirs.iter().find_map(|d| {
+        layout
+            .hierarchies
+            .iter()
+            .find_map(|h| d.strip_prefix(&h.mountpoint).ok())
+            .map(Path::to_path_buf)
+    })
+}
+
+/// The container's directory in the v1 hierarchy of `controller`.
+pub fn v1_dir(plan: &CgroupPlan, layout: &Layout, controller: &str) -> Option<PathBuf> {
+    let rel = relative_path(plan, layout)?;
+    layout.v1(controller).map(|h| h.mountpoint.join(rel))
+}
+
+/// The container's directory in the cgroup2 hierarchy (on a hybrid host it holds only what
+/// v1 lacks).
+pub fn unified_dir(plan: &CgroupPlan, layout: &Layout) -> Option<PathBuf> {
+    let rel = relative_path(plan, layout)?;
+    layout
+        .hierarchies
+        .iter()
+        .find(|h| h.unified)
+        .map(|h| h.mountpoint.join(rel))
+}
+
+/// True on a cgroup v2-only host (no v1 controller mounted).
+pub fn is_unified_host(layout: &Layout) -> bool {
+    !layout.hierarchies.is_empty() && layout.hierarchies.iter().all(|h| h.unified)
+}
+
+/// The directory holding memory files and whether it is cgroup2's.
+pub fn memory_dir(plan: &CgroupPlan, layout: &Layout) -> Option<(PathBuf, bool)> {
+    if let Some(d) = v1_dir(plan, layout, "memory") {
+        return Some((d, false));
+    }
+    let rel = relative_path(plan, layout)?;
+    layout
+        .unified_with("memory")
+        .map(|h| (h.mountpoint.join(rel), true))
+}
+
+fn read_trimmed(path: &Path) -> Result<String> {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Applies `resources` to the running container, as `runc update` does. Field names in errors
+/// are those of `linux.resources` in the request.
+pub fn update(plan: &CgroupPlan, r: &LinuxResources, layout: &Layout) -> Result<()> {
+    let rel = relative_path(plan, layout)
+        .ok_or_else(|| Error::Other("the container has no cgroup to update".into()))?;
+    // Device rules are not re-applied live (runc update leaves them alone too); a request that
+    // would change them is refused rather than ignored.
+    if let Some(devices) = r.devices().as_ref().filter(|d| !d.is_empty()) {
+        let asked: Vec<_> = devices.iter().map(device_rule).collect();
+        if !plan.device_rules.starts_with(&asked) {
+            return Err(Error::unsupported(
+                "linux.resources.devices",
+                "changing the device allowlist of a running container is not implemented",
+            ));
+        }
+    }
+    let mut writes = resources::plan_resources(r, layout, &rel)?;
+    if let Some(m) = r.memory() {
+        let (dir, unified) = memory_dir(plan, layout).ok_or_else(|| {
+            Error::unsupported(
+                "linux.resources.memory",
+                "the memory cgroup controller is not available on this host",
+            )
+        })?;
+        if m.check_before_update() == Some(true) {
+            if let Some(limit) = m.limit().filter(|l| *l >= 0) {
+                let file = if unified {
+                    "memory.current"
+                } else {
+                    "memory.usage_in_bytes"
+                };
+                let usage: i64 = read_trimmed(&dir.join(file))?.parse().unwrap_or(0);
+                if limit < usage {
+                    return Err(Error::invalid(
+                        "linux.resources.memory.limit",
+                        format!("{limit} is below the current usage {usage} (checkBeforeUpdate)"),
+                    ));
+                }
+            }
+        }
+        if !unified {
+            order_v1_memory(&mut writes, &dir, m.limit(), m.swap())?;
+        }
+    }
+    for w in &writes {
+        let path = w.dir.join(&w.file);
+        if w.optional && !path.exists() {
+            continue;
+        }
+        write_file(&path, &w.value).map_err(|e| Error::invalid(&w.field, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// v1 keeps memory.limit_in_bytes <= memory.memsw.limit_in_bytes at every moment, so the
+/// order of the two writes depends on whether the limits go up or down.
+fn order_v1_memory(
+    writes: &mut Vec<resources::CgroupWrite>,
+    dir: &Path,
+    limit: Option<i64>,
+    swap: Option<i64>,
+) -> Result<()> {
+    let memsw = dir.join("memory.memsw.limit_in_bytes");
+    // Unlimited memory with no swap given: lift the swap limit too, or the kernel refuses.
+    if limit == Some(-1) && swap.is_none() && memsw.exists() {
+        let pos = writes
+            .iter()
+            .position(|w| w.file == "memory.limit_in_bytes")
+            .unwrap_or(0);
+        writes.insert(
+            pos,
+            resources::CgroupWrite {
+                dir: dir.to_path_buf(),
+                file: "memory.memsw.limit_in_bytes".into(),
+                value: "-1".into(),
+                field: "linux.resources.memory.limit".into(),
+                optional: false,
+            },
+        );
+        return Ok(());
+    }
+    let (Some(_), Some(swap)) = (limit, swap) else {
+        return Ok(());
+    };
+    let current: i64 = read_trimmed(&dir.join("memory.limit_in_bytes"))?
+        .parse()
+        .unwrap_or(i64::MAX);
+    let l = writes
+        .iter()
+        .position(|w| w.file == "memory.limit_in_bytes");
+    let s = writes
+        .iter()
+        .position(|w| w.file == "memory.memsw.limit_in_bytes");
+    if let (Some(l), Some(s)) = (l, s) {
+        let swap_first = swap == -1 || current < swap;
+        if swap_first && s > l {
+            let w = writes.remove(s);
+            writes.insert(l, w);
+        }
+    }
+    Ok(())
+}
+
+/// The freezer of the container: the v1 `freezer.state` file, or cgroup2's `cgroup.freeze`.
+fn freezer(plan: &CgroupPlan, layout: &Layout) -> Result<(PathBuf, bool)> {
+    if let Some(d) = v1_dir(plan, layout, "freezer") {
+        return Ok((d, false));
+    }
+    match unified_dir(plan, layout) {
+        Some(d) if d.join("cgroup.freeze").exists() => Ok((d, true)),
+        _ => Err(Error::Other(
+            "no cgroup freezer on this host (neither v1 freezer nor cgroup.freeze)".into(),
+        )),
+    }
+}
+
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Freezes every process of the container and returns once the kernel reports it frozen.
+pub fn freeze(plan: &CgroupPlan, layout: &Layout) -> Result<()> {
+    let (dir, unified) = freezer(plan, layout)?;
+    let deadline = Instant::now() + FREEZE_TIMEOUT;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        let frozen = if unified {
+            write_file(&dir.join("cgroup.freeze"), "1")?;
+            read_trimmed(&dir.join("cgroup.events"))?
+                .lines()
+                .any(|l| l.trim() == "frozen 1")
+        } else {
+            // A task in an uninterruptible sleep keeps v1 in FREEZING; writing again retries.
+            write_file(&dir.join("freezer.state"), "FROZEN")?;
+            read_trimmed(&dir.join("freezer.state"))? == "FROZEN"
+        };
+        if frozen {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = thaw(plan, layout);
+            return Err(Error::Other(format!(
+                "{}: the container did not freeze within {FREEZE_TIMEOUT:?}",
+                dir.display()
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+/// Thaws the container.
+pub fn thaw(plan: &CgroupPlan, layout: &Layout) -> Result<()> {
+    let (dir, unified) = freezer(plan, layout)?;
+    if unified {
+        write_file(&dir.join("cgroup.freeze"), "0")
+    } else {
+        write_file(&dir.join("freezer.state"), "THAWED")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(file: &str, value: &str) -> resources::CgroupWrite {
+        resources::CgroupWrite {
+            dir: PathBuf::from("/x"),
+            file: file.into(),
+            value: value.into(),
+            field: String::new(),
+            optional: false,
+        }
+    }
+
+    fn files(writes: &[resources::CgroupWrite]) -> Vec<&str> {
+        writes.iter().map(|w| w.file.as_str()).collect()
+    }
+
+    /// A cgroup2 mount in a temp dir: the container directory with the files the kernel
+    /// would create there (writes never create files).
+    fn fake_v2(tag: &str) -> (PathBuf, Layout, CgroupPlan) {
+        let root = std::env::temp_dir().join(format!("shimrs-v2-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = root.join("k/c");
+        fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "cpu.weight",
+            "cpu.max",
+            "cpuset.cpus",
+            "memory.max",
+            "memory.low",
+            "memory.swap.max",
+            "pids.max",
+            "cgroup.freeze",
+        ] {
+            fs::write(dir.join(f), "").unwrap();
+        }
+        fs::write(dir.join("memory.current"), "5000000\n").unwrap();
+        fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let mut layout = Layout::parse(&format!(
+            "35 30 0:31 / {} rw - cgroup2 cgroup2 rw\n",
+            root.display()
+        ));
+        layout.hierarchies[0].controllers = ["cpu", "cpuset", "memory", "pids"]
+            .map(String::from)
+            .to_vec();
+        let linux: oci_spec::runtime::Linux = serde_json::from_str(
+            r#"{"cgroupsPath":"/k/c","resources":{"cpu":{"shares":1024,"quota":50000,"period":100000,"cpus":"0"},
+                "memory":{"limit":20000000,"swap":30000000,"reservation":1000},"pids":{"limit":10}}}"#,
+        )
+        .unwrap();
+        let plan = super::super::plan_cgroup(&linux, "c", &[], &layout).unwrap();
+        (root, layout, plan)
+    }
+
+    fn contents(dir: &Path) -> Vec<(String, String)> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().into_string().unwrap(),
+                    fs::read_to_string(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn v2_create_then_update_writes_every_file() {
+        let (root, layout, plan) = fake_v2("update");
+        let dir = root.join("k/c");
+        super::super::create(&plan).unwrap();
+        let expect = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(f, v)| (f.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            contents(&dir),
+            expect(&[
+                ("cgroup.events", "populated 1\nfrozen 0\n"),
+                ("cgroup.freeze", ""),
+                ("cpu.max", "50000 100000"),
+                ("cpu.weight", "39"),
+                ("cpuset.cpus", "0"),
+                ("memory.current", "5000000\n"),
+                ("memory.low", "1000"),
+                ("memory.max", "20000000"),
+                ("memory.swap.max", "10000000"),
+                ("pids.max", "10"),
+            ])
+        );
+        assert_eq!(relative_path(&plan, &layout), Some(PathBuf::from("k/c")));
+        let r: LinuxResources = serde_json::from_str(
+            r#"{"cpu":{"quota":-1},"memory":{"limit":-1,"swap":-1},"pids":{"limit":0}}"#,
+        )
+        .unwrap();
+        update(&plan, &r, &layout).unwrap();
+        let files = contents(&dir);
+        let get = |f: &str| files.iter().find(|(n, _)| n == f).unwrap().1.clone();
+        assert_eq!(get("cpu.max"), "max 100000");
+        assert_eq!(get("memory.max"), "max");
+        assert_eq!(get("memory.swap.max"), "max");
+        assert_eq!(get("pids.max"), "max");
+        assert_eq!(get("cpu.weight"), "39", "untouched by the update");
+
+        // checkBeforeUpdate compares with memory.current and writes nothing when refused.
+        let below: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":4096,"checkBeforeUpdate":true},"pids":{"limit":5}}"#,
+        )
+        .unwrap();
+        let e = update(&plan, &below, &layout).unwrap_err().to_string();
+        assert!(
+            e.contains("linux.resources.memory.limit") && e.contains("5000000"),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "max");
+        // Device changes are refused, not ignored.
+        let devices: LinuxResources =
+            serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).unwrap();
+        let e = update(&plan, &devices, &layout).unwrap_err().to_string();
+        assert!(e.contains("linux.resources.devices"), "{e}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn v2_freeze_waits_for_frozen_and_thaw_clears_it() {
+        let (root, layout, plan) = fake_v2("freeze");
+        let dir = root.join("k/c");
+        // The "kernel" reports frozen a little after the write.
+        let events = dir.join("cgroup.events");
+        let kernel = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            fs::write(events, "populated 1\nfrozen 1\n").unwrap();
+        });
+        let t0 = Instant::now();
+        freeze(&plan, &layout).unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        kernel.join().unwrap();
+        assert_eq!(fs::read_to_string(dir.join("cgroup.freeze")).unwrap(), "1");
+        thaw(&plan, &layout).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("cgroup.freeze")).unwrap(), "0");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn v1_memory_order_follows_the_direction_of_the_change() {
+        let dir = std::env::temp_dir().join(format!("shimrs-live-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("memory.limit_in_bytes"), "100000000\n").unwrap();
+        fs::write(dir.join("memory.memsw.limit_in_bytes"), "100000000\n").unwrap();
+        let planned = || {
+            vec![
+                w("memory.limit_in_bytes", "1"),
+                w("memory.memsw.limit_in_bytes", "2"),
+            ]
+        };
+        // Raising: memsw first.
+        let mut up = planned();
+        order_v1_memory(&mut up, &dir, Some(200_000_000), Some(200_000_000)).unwrap();
+        assert_eq!(
+            files(&up),
+            ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
+        );
+        // Lowering: limit first.
+        let mut down = planned();
+        order_v1_memory(&mut down, &dir, Some(50_000_000), Some(50_000_000)).unwrap();
+        assert_eq!(
+            files(&down),
+            ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
+        );
+        // Unlimited without a swap value lifts memsw first.
+        let mut unlimited = vec![w("memory.limit_in_bytes", "-1")];
+        order_v1_memory(&mut unlimited, &dir, Some(-1), None).unwrap();
+        assert_eq!(
+            files(&unlimited),
+            ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
