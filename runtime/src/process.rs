@@ -109,10 +109,11 @@ pub fn switch_user_and_capabilities(plan: &ProcessPlan) -> Result<()> {
         .iter()
         .map(|g| Gid::from_raw(*g))
         .collect();
-    // A user namespace may have setgroups(2) disabled; then there is nothing to set.
-    if !gids.is_empty() || crate::namespaces::user::setgroups_allowed() {
-        setgroups(&gids)
-            .map_err(|e| Error::Init(format!("process.user.additionalGids: setgroups: {e}")))?;
+    match setgroups(&gids) {
+        // A user namespace with setgroups(2) disabled: nothing to set.
+        Err(nix::Error::EPERM)
+            if gids.is_empty() && !crate::namespaces::user::setgroups_allowed() => {}
+        r => r.map_err(|e| Error::Init(format!("process.user.additionalGids: setgroups: {e}")))?,
     }
     let gid = Gid::from_raw(plan.gid);
     setresgid(gid, gid, gid)
