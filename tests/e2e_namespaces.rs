@@ -397,6 +397,21 @@ fn joins_network_pid_ipc_and_uts_of_a_running_container() {
 }
 
 #[test]
+fn container_program_is_dumpable_again_after_setup() {
+    let _serial = shared();
+    // The init is not dumpable while it sets up (a joined pid namespace can see it); the
+    // exec undoes that, or /proc/1 would belong to root and the program could not be traced.
+    // (ctr 1.6 has no --user: the patch sets it.)
+    let (out, err, code) = run_patched(
+        &unique_id("dumpable"),
+        &[],
+        ".process.user.uid = 1000 | .process.user.gid = 1000",
+        "stat -c %u:%g /proc/1/environ /proc/1/fd",
+    );
+    assert_eq!((out.as_str(), code), ("1000:1000\n1000:1000\n", 0), "{err}");
+}
+
+#[test]
 fn joins_the_user_namespace_of_a_running_container() {
     let _serial = shared();
     let a = Running::start("joinu-a", &userns(MAP, MAP), &["sleep", "300"]);

@@ -140,6 +140,12 @@ fn setup(
     // Die with the shim until we are started.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // Until we exec, we run the shim's binary and hold its descriptors: no ptrace and no
+    // /proc/<pid>/{exe,fd} of ours for the processes that can see us (those of a joined pid
+    // namespace, startContainer hooks). The exec of the container's program makes it
+    // dumpable again.
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if let Some(cpus) = &plan.kernel.cpu_affinity_initial {
         kernel::set_cpu_affinity("process.execCPUAffinity.initial", cpus)?;
     }
