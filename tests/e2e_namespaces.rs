@@ -110,9 +110,12 @@ struct Running {
 
 impl Running {
     fn start(prefix: &str, flags: &[&str], args: &[&str]) -> Running {
-        let id = unique_id(prefix);
-        let rt = runtime();
-        let mut a: Vec<&str> = vec!["run", "-d", "--runtime", &rt];
+        Running::start_on(&runtime(), &unique_id(prefix), flags, args)
+    }
+
+    fn start_on(rt: &str, id: &str, flags: &[&str], args: &[&str]) -> Running {
+        let id = id.to_string();
+        let mut a: Vec<&str> = vec!["run", "-d", "--runtime", rt];
         a.extend_from_slice(flags);
         a.push(IMAGE);
         a.push(&id);
@@ -479,6 +482,41 @@ fn joining_a_namespace_of_the_wrong_type_fails_cleanly() {
         "{err}"
     );
     a.stop();
+}
+
+#[test]
+fn exec_joins_the_user_and_time_namespaces_of_the_container() {
+    let _serial = shared();
+    let flags = userns(MAP, MAP);
+    let script = "id -u; cat /proc/self/uid_map; readlink /proc/self/ns/user; \
+                  readlink /proc/self/ns/time; cut -d' ' -f1 /proc/uptime";
+    let patch = r#".linux.namespaces += [{"type": "time"}]
+        | .linux.timeOffsets = {"boottime": {"secs": 31536000}}"#;
+    let dir = patched_runtime();
+    // runc 1.1.5 has no time namespaces: it runs the user namespace part only.
+    for rt in [PATCHED, RUNC] {
+        let id = unique_id("exec-ns");
+        if rt == PATCHED {
+            fs::write(dir.join(format!("{id}.jq")), patch).unwrap();
+        }
+        let c = Running::start_on(rt, &id, &flags, &["sleep", "300"]);
+        let out = ctr(&["task", "exec", "--exec-id", "e1", &c.id, "sh", "-c", script]);
+        let (out, err, code) = text(&out);
+        assert_eq!(code, 0, "{rt}: {err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[..3],
+            ["0", MAP_LINE, c.ns("user").as_str()],
+            "{rt}: {out}"
+        );
+        assert_eq!(lines[3], c.ns("time"), "{rt}: {out}");
+        let up: f64 = lines[4].parse().unwrap();
+        if rt == PATCHED {
+            assert!(up > 31_536_000.0, "{rt}: uptime {up}");
+            assert_ne!(lines[3], own_ns("time"));
+        }
+        c.stop();
+    }
 }
 
 // ----------------------------------------------------------- time ---
