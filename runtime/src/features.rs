@@ -17,7 +17,9 @@ pub const HOOKS: &[&str] = &[
     "poststop",
 ];
 
-pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "mount", "network", "pid", "uts"];
+pub const NAMESPACES: &[&str] = &[
+    "cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts",
+];
 
 pub const MOUNT_OPTIONS: &[&str] = &[
     "async",
@@ -159,7 +161,7 @@ pub fn document() -> Value {
             "apparmor": {"enabled": true},
             "selinux": {"enabled": true},
             "intelRdt": {"enabled": false},
-            "mountExtensions": {"idmap": {"enabled": false}},
+            "mountExtensions": {"idmap": {"enabled": true}},
         },
         "annotations": {
             "io.containerd.rs.v1.launcher": "zygote",
@@ -188,16 +190,18 @@ mod tests {
     }
 
     #[test]
-    fn every_listed_mount_option_is_accepted_and_idmap_is_not_claimed() {
+    fn every_listed_mount_option_is_accepted_and_idmap_is_claimed_as_planned() {
         for opt in MOUNT_OPTIONS {
             plan_with(|v| {
                 v["mounts"] = json!([{"destination": "/x", "type": "tmpfs", "source": "tmpfs", "options": [opt]}])
             })
             .unwrap_or_else(|e| panic!("{opt} is listed but refused: {e}"));
         }
-        let idmap = plan_with(
-            |v| v["mounts"] = json!([{"destination": "/x", "type": "bind", "source": "/tmp", "options": ["rbind", "idmap"]}]),
-        );
+        let map = json!([{"containerID": 0, "hostID": 1000, "size": 1}]);
+        let idmap = plan_with(|v| {
+            v["mounts"] = json!([{"destination": "/x", "type": "bind", "source": "/tmp",
+                "options": ["rbind", "idmap"], "uidMappings": map, "gidMappings": map}])
+        });
         assert_eq!(
             idmap.is_ok(),
             document()["linux"]["mountExtensions"]["idmap"]["enabled"] == true
@@ -218,17 +222,18 @@ mod tests {
             }
         };
         for ns in NAMESPACES {
-            plan_with(|v| v["linux"]["namespaces"] = with(ns))
-                .unwrap_or_else(|e| panic!("namespace {ns} is listed but refused: {e}"));
+            plan_with(|v| {
+                v["linux"]["namespaces"] = with(ns);
+                if *ns == "user" {
+                    // A new user namespace comes with its mappings.
+                    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+                    v["linux"]["uidMappings"] = map.clone();
+                    v["linux"]["gidMappings"] = map;
+                }
+            })
+            .unwrap_or_else(|e| panic!("namespace {ns} is listed but refused: {e}"));
         }
-        for ns in ["user", "time"] {
-            let ok = plan_with(|v| v["linux"]["namespaces"] = with(ns)).is_ok();
-            assert_eq!(
-                ok,
-                NAMESPACES.contains(&ns),
-                "namespace {ns}: accepted={ok}"
-            );
-        }
+        assert_eq!(NAMESPACES.len(), 8, "every namespace type of the spec");
     }
 
     #[test]

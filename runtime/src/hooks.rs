@@ -163,11 +163,9 @@ pub fn start_container(plan: &HooksPlan) -> Result<()> {
     if plan.start_container.is_empty() {
         return Ok(());
     }
-    // We still run the shim's binary and hold the channel to the shim: a hook (its path
-    // resolves in the container, so it may come from the image) must not reach them through
-    // /proc/<our pid>/{exe,fd}. The exec of the user's program makes it dumpable again.
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // The init is not dumpable (see `launch::init`): a hook (its path resolves in the
+    // container, so it may come from the image) cannot reach the shim's binary or channel
+    // through /proc/<our pid>/{exe,fd}.
     let pid = Some(std::process::id() as i32);
     run(plan, HookKind::StartContainer, Status::Created, pid, None)
 }

@@ -30,6 +30,7 @@ pub const MOUNT_ATTR_NOATIME: u64 = 0x0000_0010;
 pub const MOUNT_ATTR_STRICTATIME: u64 = 0x0000_0020;
 pub const MOUNT_ATTR_NODIRATIME: u64 = 0x0000_0080;
 pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 const OPEN_TREE_CLONE: u32 = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x04;
@@ -183,12 +184,34 @@ pub fn set_mount_attr(fd: BorrowedFd<'_>, attr: MountAttr, recursive: bool) -> i
     if attr.is_empty() {
         return Ok(());
     }
-    let raw = RawMountAttr {
-        attr_set: attr.set,
-        attr_clr: attr.clear,
-        propagation: 0,
-        userns_fd: 0,
-    };
+    mount_setattr(
+        fd,
+        &RawMountAttr {
+            attr_set: attr.set,
+            attr_clr: attr.clear,
+            propagation: 0,
+            userns_fd: 0,
+        },
+        recursive,
+    )
+}
+
+/// mount_setattr(MOUNT_ATTR_IDMAP): the detached tree `fd` (its whole tree with `recursive`)
+/// shows ids as mapped by the user namespace `userns`.
+pub fn set_idmap(fd: BorrowedFd<'_>, userns: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
+    mount_setattr(
+        fd,
+        &RawMountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns.as_raw_fd() as u64,
+        },
+        recursive,
+    )
+}
+
+fn mount_setattr(fd: BorrowedFd<'_>, raw: &RawMountAttr, recursive: bool) -> io::Result<()> {
     let mut flags = libc::AT_EMPTY_PATH as u32;
     if recursive {
         flags |= libc::AT_RECURSIVE as u32;
@@ -201,7 +224,7 @@ pub fn set_mount_attr(fd: BorrowedFd<'_>, attr: MountAttr, recursive: bool) -> i
             fd.as_raw_fd(),
             empty.as_ptr(),
             flags,
-            &raw as *const RawMountAttr,
+            raw as *const RawMountAttr,
             std::mem::size_of::<RawMountAttr>(),
         )
     };

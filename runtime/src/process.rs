@@ -109,8 +109,12 @@ pub fn switch_user_and_capabilities(plan: &ProcessPlan) -> Result<()> {
         .iter()
         .map(|g| Gid::from_raw(*g))
         .collect();
-    setgroups(&gids)
-        .map_err(|e| Error::Init(format!("process.user.additionalGids: setgroups: {e}")))?;
+    match setgroups(&gids) {
+        // A user namespace with setgroups(2) disabled: nothing to set.
+        Err(nix::Error::EPERM)
+            if gids.is_empty() && !crate::namespaces::user::setgroups_allowed() => {}
+        r => r.map_err(|e| Error::Init(format!("process.user.additionalGids: setgroups: {e}")))?,
+    }
     let gid = Gid::from_raw(plan.gid);
     setresgid(gid, gid, gid)
         .map_err(|e| Error::Init(format!("process.user.gid: setgid {gid}: {e}")))?;

@@ -21,6 +21,7 @@ use nix::{
 use crate::{
     cgroupfs, chroot, copyup, kernel,
     mountapi::{self, proc_fd_path, MountAttr, RESOLVE_IN_ROOT, RESOLVE_NO_SYMLINKS},
+    namespaces::user,
     plan::{DeviceNode, LaunchPlan, MountPlan, NamespaceKind},
     rootdir::{self, Create, RootDir},
     Error, Result,
@@ -308,8 +309,8 @@ fn locked_flags(path: &Path) -> MsFlags {
 }
 
 /// Creates a device node of the spec, replacing whatever the image has at that path (a
-/// symlink is replaced, not followed).
-fn create_device(root: &RootDir, index: usize, d: &DeviceNode) -> Result<()> {
+/// symlink is replaced, not followed). In a user namespace, binds the host's instead.
+fn create_device(root: &RootDir, index: usize, d: &DeviceNode, in_userns: bool) -> Result<()> {
     let path = d.path.display();
     let err = |what: &str, e: std::io::Error| {
         Error::Init(format!("linux.devices[{index}] ({path}): {what}: {e}"))
@@ -318,6 +319,9 @@ fn create_device(root: &RootDir, index: usize, d: &DeviceNode) -> Result<()> {
         .create_parent(&d.path)
         .map_err(|e| Error::Init(format!("linux.devices[{index}]: {e}")))?;
     rootdir::unlink_if_exists(dir.as_fd(), &name).map_err(|e| err("remove what is there", e))?;
+    if in_userns {
+        return user::bind_host_device(dir.as_fd(), &name, d).map_err(|e| err("bind", e));
+    }
     rootdir::mknodat(
         dir.as_fd(),
         &name,
@@ -424,10 +428,20 @@ fn make_readonly(path: &Path) -> Result<()> {
 }
 
 /// Builds the root filesystem and pivots into it. Afterwards "/" is the container's root.
+/// `idmapped` holds the trees the launcher made for idmapped mounts, by mount index.
 /// `before_pivot` runs once the mounts are in place (the create hooks' moment).
-pub fn prepare(plan: &LaunchPlan, before_pivot: impl FnOnce() -> Result<()>) -> Result<()> {
+pub fn prepare(
+    plan: &LaunchPlan,
+    idmapped: Vec<Option<OwnedFd>>,
+    before_pivot: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     let propagation = MsFlags::from_bits_retain(plan.rootfs_propagation);
     let mut early_trees = clone_shared_binds(plan)?;
+    for (early, idmapped) in early_trees.iter_mut().zip(idmapped) {
+        if idmapped.is_some() {
+            *early = idmapped;
+        }
+    }
     // Nothing else we mount may propagate back to the host, and pivot_root refuses shared mounts:
     // build everything below a recursively slave (or private) "/", and give the container's
     // "/" the propagation it asked for once it is its root.
@@ -461,8 +475,9 @@ pub fn prepare(plan: &LaunchPlan, before_pivot: impl FnOnce() -> Result<()>) -> 
     for (i, m) in plan.mounts.iter().enumerate() {
         apply_mount(&root, plan, i, m, early_trees[i].take())?;
     }
+    let in_userns = plan.namespaces.has(NamespaceKind::User);
     for (i, d) in plan.devices.iter().enumerate() {
-        create_device(&root, i, d)?;
+        create_device(&root, i, d, in_userns)?;
     }
     dev_symlinks(&root, plan)?;
     if let Some(proc_sys) = &proc_sys {

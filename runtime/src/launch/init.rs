@@ -1,31 +1,28 @@
 //! The container's init: runs in the cloned child, applies the plan in a fixed order, reports
 //! to the shim and execs the user's program.
 
-use std::{
-    fs::File,
-    os::fd::{AsFd, AsRawFd, OwnedFd},
-};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::{
-    sched::{setns, unshare, CloneFlags},
+    sched::{unshare, CloneFlags},
     unistd::sethostname,
 };
 
-use super::{channel::Channel, InitMessage, ShimMessage};
+use super::{channel::Channel, spawn::LauncherFds, InitMessage, ShimMessage};
 use crate::{
-    hooks, kernel,
+    hooks, kernel, namespaces,
     plan::{LaunchPlan, NamespaceKind},
     process::{self, ExecArgs},
     rootfs, seccomp, terminal, Error, Result,
 };
 
 /// Entry point of the cloned child. Never returns.
-pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>) -> ! {
+pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>, launcher: LauncherFds) -> ! {
     let Prepared {
         exec,
         console,
         seccomp_filter,
-    } = match setup(plan, &channel, stdio) {
+    } = match setup(plan, &channel, stdio, launcher) {
         Ok(r) => r,
         Err(e) => fail(&channel, e, 1),
     };
@@ -134,10 +131,21 @@ struct Prepared {
     seccomp_filter: Option<seccomp::Filter>,
 }
 
-fn setup(plan: &LaunchPlan, channel: &Channel, stdio: Vec<OwnedFd>) -> Result<Prepared> {
+fn setup(
+    plan: &LaunchPlan,
+    channel: &Channel,
+    stdio: Vec<OwnedFd>,
+    launcher: LauncherFds,
+) -> Result<Prepared> {
     // Die with the shim until we are started.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // Until we exec, we run the shim's binary and hold its descriptors: no ptrace and no
+    // /proc/<pid>/{exe,fd} of ours for the processes that can see us (those of a joined pid
+    // namespace, startContainer hooks). The exec of the container's program makes it
+    // dumpable again.
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if let Some(cpus) = &plan.kernel.cpu_affinity_initial {
         kernel::set_cpu_affinity("process.execCPUAffinity.initial", cpus)?;
     }
@@ -148,25 +156,20 @@ fn setup(plan: &LaunchPlan, channel: &Channel, stdio: Vec<OwnedFd>) -> Result<Pr
     drop(stdio);
 
     // The shim creates the cgroup and moves us into it while we set up (see `Launched`).
-    // Open every namespace first: once in another mount namespace, the paths may be gone.
-    let mut joins = Vec::new();
-    for (kind, path) in &plan.namespaces.join {
-        if *kind == NamespaceKind::Pid {
-            continue; // joined by the launcher, at clone time
-        }
-        joins.push((
-            kind,
-            path,
-            File::open(path).map_err(|e| Error::io(path, e))?,
-        ));
+    // Joined namespaces were entered before the clone (see `spawn`).
+    if let Some(mapped) = launcher.mapped {
+        namespaces::user::wait_mapped(mapped)?;
     }
-    for (kind, path, ns) in joins {
-        setns(ns.as_fd(), CloneFlags::from_bits_retain(kind.clone_flag())).map_err(|e| {
-            Error::sys(
-                format!("join {} namespace {}", kind.proc_name(), path.display()),
-                e,
-            )
-        })?;
+    // Changing uid makes us non-dumpable, and our /proc/self files then belong to the
+    // host's root: write them before becoming root of a user namespace.
+    if let Some(adj) = plan.process.oom_score_adj {
+        process::set_oom_score_adj(adj)?;
+    }
+    if plan.namespaces.creates(NamespaceKind::Time) {
+        namespaces::time::create(&plan.namespaces.time_offsets)?;
+    }
+    if plan.namespaces.has(NamespaceKind::User) {
+        namespaces::user::become_root(&plan.namespaces)?;
     }
     if let Some(h) = &plan.hostname {
         sethostname(h).map_err(|e| Error::sys(format!("hostname: set {h:?}"), e))?;
@@ -180,9 +183,6 @@ fn setup(plan: &LaunchPlan, channel: &Channel, stdio: Vec<OwnedFd>) -> Result<Pr
             )));
         }
     }
-    if let Some(adj) = plan.process.oom_score_adj {
-        process::set_oom_score_adj(adj)?;
-    }
     if plan.kernel.loopback_up {
         kernel::loopback_up()?;
     }
@@ -190,7 +190,9 @@ fn setup(plan: &LaunchPlan, channel: &Channel, stdio: Vec<OwnedFd>) -> Result<Pr
     kernel::apply_lsm_labels(&plan.kernel)?;
 
     if !plan.exec {
-        rootfs::prepare(plan, || create_hooks(plan, channel))?;
+        rootfs::prepare(plan, launcher.idmapped_mounts, || {
+            create_hooks(plan, channel)
+        })?;
     }
     kernel::apply_process_settings(&plan.kernel)?;
 

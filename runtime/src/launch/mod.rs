@@ -9,6 +9,7 @@
 
 pub mod channel;
 pub mod init;
+pub mod spawn;
 pub mod zygote;
 
 use std::os::fd::{AsFd, OwnedFd};

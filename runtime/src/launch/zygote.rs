@@ -2,22 +2,15 @@
 
 use std::{
     collections::HashSet,
-    fs::File,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     sync::Mutex,
 };
 
-use nix::{
-    sched::{setns, CloneFlags},
-    sys::signal::{SigSet, Signal},
-};
+use nix::sys::signal::{SigSet, Signal};
 use serde::{Deserialize, Serialize};
 
-use super::{channel::Channel, init, Launched};
-use crate::{
-    plan::{LaunchPlan, NamespaceKind},
-    Error, Result,
-};
+use super::{channel::Channel, init, spawn, Launched};
+use crate::{plan::LaunchPlan, Error, Result};
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
@@ -165,8 +158,6 @@ fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
         Ok(fd) => fd,
         Err(_) => std::process::exit(1),
     };
-    // Our own pid namespace, to return to after launching into a joined one.
-    let own_pidns = File::open("/proc/self/ns/pid_for_children").ok();
     let mut launched: HashSet<i32> = HashSet::new();
     loop {
         let mut fds = [
@@ -195,7 +186,7 @@ fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
         let reply = match channel.recv::<Request>() {
             Ok(None) => std::process::exit(0),
             Err(e) => Err(e),
-            Ok(Some((Request::Launch { plan }, fds))) => launch(&plan, fds, own_pidns.as_ref()),
+            Ok(Some((Request::Launch { plan }, fds))) => launch(&plan, fds),
         };
         let sent = match reply {
             Ok((pid, init_channel)) => {
@@ -272,11 +263,7 @@ fn reap(launched: &mut HashSet<i32>, exits: &Channel) {
     }
 }
 
-fn launch(
-    plan: &LaunchPlan,
-    stdio: Vec<OwnedFd>,
-    own_pidns: Option<&File>,
-) -> Result<(i32, Channel)> {
+fn launch(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<(i32, Channel)> {
     if stdio.len() != 3 {
         return Err(Error::Other(format!(
             "launch request carried {} descriptors, not 3",
@@ -284,42 +271,11 @@ fn launch(
         )));
     }
     let (shim_end, init_end) = Channel::pair()?;
-    // A pid namespace can only be joined for children: switch our pid_for_children around the clone.
-    let join_pid = plan
-        .namespaces
-        .join
-        .iter()
-        .find(|(k, _)| *k == NamespaceKind::Pid);
-    if let Some((_, path)) = join_pid {
-        let ns = File::open(path).map_err(|e| Error::io(path, e))?;
-        setns(ns.as_fd(), CloneFlags::CLONE_NEWPID)
-            .map_err(|e| Error::sys(format!("join pid namespace {}", path.display()), e))?;
-    }
-    let flags = plan.namespaces.clone_flags() | libc::SIGCHLD;
-    // SAFETY: a fork-style clone (no new stack) from a single-threaded process; the child
-    // continues on a copy of this stack and never returns from `init::run`.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if pid == 0 {
-        drop(shim_end);
-        init::run(plan, init_end, stdio);
-    }
-    let clone_err = std::io::Error::last_os_error();
-    if join_pid.is_some() {
-        if let Some(own) = own_pidns {
-            let _ = setns(own.as_fd(), CloneFlags::CLONE_NEWPID);
-        }
-    }
-    if pid < 0 {
-        return Err(Error::Other(format!("clone container init: {clone_err}")));
-    }
-    Ok((pid as i32, shim_end))
+    let mut shim_end = Some(shim_end);
+    let pid = spawn::spawn(plan, |launcher| {
+        drop(shim_end.take());
+        init::run(plan, init_end, stdio, launcher)
+    })?;
+    let shim_end = shim_end.expect("only the init takes it");
+    Ok((pid, shim_end))
 }

@@ -4,6 +4,7 @@
 pub mod cgroupfs;
 pub mod devices;
 pub mod hooks;
+pub mod idmap;
 pub mod kernel;
 pub mod mounts;
 pub mod namespaces;
@@ -62,17 +63,14 @@ pub struct LaunchPlan {
 }
 
 /// The plan for an exec: process `process` joins every namespace of the container whose init
-/// is `init_pid` (the user namespace first, so it owns what follows) and its cgroup.
+/// is `init_pid` and its cgroup.
 pub fn exec_plan(container: &LaunchPlan, init_pid: i32, process: ProcessPlan) -> LaunchPlan {
-    let mut kinds: Vec<NamespaceKind> = container
+    let kinds = container
         .namespaces
         .create
         .iter()
         .copied()
-        .chain(container.namespaces.join.iter().map(|(k, _)| *k))
-        .collect();
-    kinds.sort_by_key(|k| *k != NamespaceKind::User);
-    kinds.dedup();
+        .chain(container.namespaces.join.iter().map(|(k, _)| *k));
     LaunchPlan {
         id: container.id.clone(),
         rootfs: container.rootfs.clone(),
@@ -81,7 +79,6 @@ pub fn exec_plan(container: &LaunchPlan, init_pid: i32, process: ProcessPlan) ->
         namespaces: NamespacePlan {
             create: Vec::new(),
             join: kinds
-                .into_iter()
                 .map(|k| {
                     (
                         k,
@@ -89,6 +86,7 @@ pub fn exec_plan(container: &LaunchPlan, init_pid: i32, process: ProcessPlan) ->
                     )
                 })
                 .collect(),
+            ..Default::default()
         },
         hostname: None,
         domainname: None,
@@ -162,20 +160,8 @@ fn reject_unimplemented(spec: &Spec) -> Result<()> {
         return Ok(());
     };
     let checks = [
-        (
-            "linux.uidMappings",
-            linux.uid_mappings().as_ref().is_some_and(|v| !v.is_empty()),
-        ),
-        (
-            "linux.gidMappings",
-            linux.gid_mappings().as_ref().is_some_and(|v| !v.is_empty()),
-        ),
         ("linux.intelRdt", linux.intel_rdt().is_some()),
         ("linux.memoryPolicy", linux.memory_policy().is_some()),
-        (
-            "linux.timeOffsets",
-            linux.time_offsets().as_ref().is_some_and(|v| !v.is_empty()),
-        ),
         (
             "linux.netDevices",
             linux.net_devices().as_ref().is_some_and(|v| !v.is_empty()),
@@ -212,8 +198,7 @@ pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<La
     let default_linux = oci_spec::runtime::Linux::default();
     let linux = spec.linux().as_ref().unwrap_or(&default_linux);
 
-    let namespaces =
-        namespaces::plan_namespaces(linux.namespaces().as_deref().unwrap_or_default())?;
+    let namespaces = namespaces::plan_linux_namespaces(linux)?;
     if !namespaces.has(NamespaceKind::Mount) {
         return Err(Error::unsupported(
             "linux.namespaces",
@@ -238,6 +223,7 @@ pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<La
         .enumerate()
         .map(|(i, m)| mounts::plan_mount(i, m, bundle))
         .collect::<Result<Vec<_>>>()?;
+    idmap::complete_mount_idmaps(&mut mounts, &namespaces)?;
     let devices = devices::plan_devices(linux.devices().as_deref().unwrap_or_default())?;
     let cgroup = cgroups::plan_cgroup(linux, id, &devices, layout)?;
     cgroupfs::plan_cgroup_mounts(&mut mounts, &cgroup, layout)?;
@@ -337,6 +323,36 @@ mod tests {
         assert!(e.contains("linux.intelRdt"), "{e}");
     }
 
+    fn with_userns(namespaces: serde_json::Value) -> LaunchPlan {
+        let mut v: serde_json::Value = serde_json::from_str(CTR_DEFAULT_SPEC).unwrap();
+        let map = serde_json::json!([{"containerID":0,"hostID":100000,"size":65536}]);
+        v["linux"]["uidMappings"] = map.clone();
+        v["linux"]["gidMappings"] = map;
+        v["linux"]["namespaces"] = namespaces;
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        build(&spec, Path::new("/b"), "c", &layout()).unwrap()
+    }
+
+    #[test]
+    fn ctr_uidmap_spec_clones_a_user_namespace_and_mounts_as_asked() {
+        // What `ctr run --uidmap 0:100000:65536 --gidmap 0:100000:65536` generates.
+        let plan = with_userns(serde_json::json!([
+            {"type":"pid"},{"type":"ipc"},{"type":"uts"},{"type":"mount"},{"type":"network"},
+            {"type":"user"}
+        ]));
+        assert_ne!(plan.namespaces.clone_flags() & libc::CLONE_NEWUSER, 0);
+        let sys = plan
+            .mounts
+            .iter()
+            .find(|m| m.destination == Path::new("/sys"));
+        assert_eq!(sys.unwrap().fstype.as_deref(), Some("sysfs"));
+        let mq = plan
+            .mounts
+            .iter()
+            .find(|m| m.destination == Path::new("/dev/mqueue"));
+        assert_eq!(mq.unwrap().fstype.as_deref(), Some("mqueue"));
+    }
+
     #[test]
     fn hostname_without_uts_namespace_is_refused() {
         let mut v: serde_json::Value = serde_json::from_str(CTR_DEFAULT_SPEC).unwrap();
@@ -391,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn exec_joins_every_container_namespace_user_first_and_touches_no_mounts() {
+    fn exec_joins_every_container_namespace_and_touches_no_mounts() {
         let mut v: serde_json::Value = serde_json::from_str(CTR_DEFAULT_SPEC).unwrap();
         v["linux"]["namespaces"] = serde_json::json!([
             {"type":"pid"},{"type":"network","path":"/proc/9/ns/net"},{"type":"mount"}
@@ -410,9 +426,9 @@ mod tests {
         assert_eq!(
             joins,
             [
-                (NamespaceKind::User, "/proc/42/ns/user".to_owned()),
                 (NamespaceKind::Pid, "/proc/42/ns/pid".to_owned()),
                 (NamespaceKind::Mount, "/proc/42/ns/mnt".to_owned()),
+                (NamespaceKind::User, "/proc/42/ns/user".to_owned()),
                 (NamespaceKind::Network, "/proc/42/ns/net".to_owned()),
             ]
         );

@@ -6,7 +6,10 @@ use nix::mount::MsFlags;
 use oci_spec::runtime::Mount;
 use serde::{Deserialize, Serialize};
 
-use super::cgroupfs::CgroupFs;
+use super::{
+    cgroupfs::CgroupFs,
+    idmap::{self, MountIdmap},
+};
 use crate::{
     mountapi::{self, MountAttr},
     Error, Result,
@@ -36,6 +39,9 @@ pub struct MountPlan {
     /// Set for cgroup filesystems (see [`super::cgroupfs`]).
     #[serde(default)]
     pub cgroup: Option<CgroupFs>,
+    /// An idmapped bind mount: its tree is made by the launcher, outside the container.
+    #[serde(default)]
+    pub idmap: Option<MountIdmap>,
 }
 
 impl MountPlan {
@@ -56,8 +62,10 @@ enum MountOption {
     /// A recursive atime mode (MOUNT_ATTR_RELATIME, _NOATIME or _STRICTATIME).
     RecursiveAtime(u64),
     TmpCopyUp,
-    /// Valid OCI options this runtime does not implement yet.
-    Unsupported,
+    /// `idmap`, or `ridmap` (recursive).
+    Idmap {
+        recursive: bool,
+    },
 }
 
 /// The OCI mount-option table (runtime-spec config.md, "Mount options").
@@ -128,7 +136,8 @@ fn lookup(option: &str) -> Option<MountOption> {
         "rnoatime" => Some(RecursiveAtime(mountapi::MOUNT_ATTR_NOATIME)),
         "rstrictatime" | "rnorelatime" => Some(RecursiveAtime(mountapi::MOUNT_ATTR_STRICTATIME)),
         "tmpcopyup" => Some(TmpCopyUp),
-        "idmap" | "ridmap" => Some(Unsupported),
+        "idmap" => Some(Idmap { recursive: false }),
+        "ridmap" => Some(Idmap { recursive: true }),
         _ => None,
     }
 }
@@ -143,18 +152,12 @@ pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPla
             format!("{} is not an absolute path", destination.display()),
         ));
     }
-    if mount.uid_mappings().is_some() || mount.gid_mappings().is_some() {
-        return Err(Error::unsupported(
-            field(".uidMappings"),
-            "idmapped mounts are not implemented yet",
-        ));
-    }
-
     let mut flags = MsFlags::empty();
     let mut propagation = Vec::new();
     let mut data = Vec::new();
     let mut recursive = MountAttr::default();
     let mut tmpcopyup = false;
+    let mut idmap_option: Option<bool> = None;
     for option in mount.options().iter().flatten() {
         match lookup(option) {
             Some(MountOption::Set(f)) => flags |= f,
@@ -173,11 +176,8 @@ pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPla
                 recursive.clear |= mountapi::MOUNT_ATTR_ATIME;
             }
             Some(MountOption::TmpCopyUp) => tmpcopyup = true,
-            Some(MountOption::Unsupported) => {
-                return Err(Error::unsupported(
-                    field(".options"),
-                    format!("mount option {option:?} is not implemented yet"),
-                ))
+            Some(MountOption::Idmap { recursive: r }) => {
+                idmap_option = Some(r || idmap_option == Some(true))
             }
             None => data.push(option.as_str()),
         }
@@ -209,6 +209,8 @@ pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPla
         }
     }
 
+    let idmap = idmap::plan_mount_idmap(index, mount, idmap_option, is_bind)?;
+
     Ok(MountPlan {
         destination,
         source,
@@ -219,6 +221,7 @@ pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPla
         recursive,
         tmpcopyup,
         cgroup: None,
+        idmap,
     })
 }
 
@@ -356,9 +359,9 @@ mod tests {
     fn errors_name_the_mount_and_field() {
         let e = plan_mount(2, &mount("tmpfs", "t", "rel/path", &[]), Path::new("/b")).unwrap_err();
         assert!(e.to_string().contains("mounts[2].destination"), "{e}");
-        let e = plan_mount(1, &mount("bind", "/h", "/c", &["idmap"]), Path::new("/b")).unwrap_err();
+        let e = plan_mount(1, &mount("tmpfs", "t", "/c", &["idmap"]), Path::new("/b")).unwrap_err();
         assert!(
-            e.to_string().contains("mounts[1].options") && e.to_string().contains("idmap"),
+            e.to_string().contains("mounts[1].options") && e.to_string().contains("bind mounts"),
             "{e}"
         );
         let e = plan_mount(
