@@ -668,15 +668,16 @@ mod tests {
         let req = libseccomp::ScmpNotifReq::receive(fd).unwrap();
         assert_eq!(req.data.syscall, ScmpSyscall::from_name("mkdirat").unwrap());
         assert_eq!(req.pid as i32, v["pid"].as_i64().unwrap() as i32);
-        libseccomp::ScmpNotifResp::new_val(req.id, 4242, libseccomp::ScmpNotifRespFlags::empty())
-            .respond(fd)
-            .unwrap();
-        // The notification comes from the child's filtered thread.
+        // The notification comes from the child's filtered thread, which is blocked in the
+        // syscall until we answer (read before answering: it may exit right after).
         let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid)).unwrap();
         assert!(
             status.contains(&format!("\nTgid:\t{child_pid}\n")),
             "{status}"
         );
+        libseccomp::ScmpNotifResp::new_val(req.id, 4242, libseccomp::ScmpNotifRespFlags::empty())
+            .respond(fd)
+            .unwrap();
         let out = child_output(child);
         assert!(out.contains("child: mkdirat returned 4242"), "{out}");
         std::fs::remove_dir_all(&dir).unwrap();
