@@ -59,13 +59,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = ctr(&["task", "resume", &self.0]);
-        let _ = ctr(&["task", "kill", "-s", "SIGKILL", &self.0]);
-        wait_until(Duration::from_secs(10), || {
-            matches!(task_status(&self.0).as_deref(), None | Some("STOPPED"))
-        });
-        let _ = ctr(&["task", "delete", &self.0]);
-        let _ = ctr(&["container", "rm", &self.0]);
+        remove_container(&self.0);
     }
 }
 

@@ -10,37 +10,6 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-/// A detached `sleep` container, killed and removed when dropped.
-struct Running(String);
-
-impl Running {
-    fn start(prefix: &str) -> Running {
-        let id = unique_id(prefix);
-        ctr_ok(&[
-            "run",
-            "-d",
-            "--runtime",
-            &runtime(),
-            IMAGE,
-            &id,
-            "sleep",
-            "600",
-        ]);
-        Running(id)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = ctr(&["task", "kill", "-s", "SIGKILL", &self.0]);
-        wait_until(Duration::from_secs(10), || {
-            matches!(task_status(&self.0).as_deref(), None | Some("STOPPED"))
-        });
-        let _ = ctr(&["task", "delete", &self.0]);
-        let _ = ctr(&["container", "rm", &self.0]);
-    }
-}
-
 fn exec(id: &str, exec_id: &str, extra: &[&str], args: &[&str]) -> (String, String, i32) {
     let mut a = vec!["task", "exec", "--exec-id", exec_id];
     a.extend_from_slice(extra);
@@ -57,7 +26,7 @@ fn exec(id: &str, exec_id: &str, extra: &[&str], args: &[&str]) -> (String, Stri
 #[test]
 fn exec_joins_the_container_and_propagates_its_exit_code() {
     let _serial = shared();
-    let c = Running::start("exec");
+    let c = Detached::sleeping("exec");
     // The container's init is pid 1 of its namespace; an exec sees it and its own rootfs.
     let (out, err, code) = exec(
         &c.0,
@@ -90,7 +59,7 @@ fn exec_joins_the_container_and_propagates_its_exit_code() {
 #[test]
 fn exec_applies_its_own_process_spec() {
     let _serial = shared();
-    let c = Running::start("execspec");
+    let c = Detached::sleeping("execspec");
     let (out, err, code) = exec(&c.0, "u", &["--user", "65534:65534"], &["id"]);
     assert_eq!(
         (code, out.trim()),
@@ -132,7 +101,7 @@ fn exec_into_a_stopped_container_fails_cleanly() {
 #[test]
 fn a_hundred_concurrent_execs_get_their_own_exit_codes() {
     let _serial = shared();
-    let c = Running::start("exec100");
+    let c = Detached::sleeping("exec100");
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::new();
     for i in 0..100 {
@@ -169,7 +138,7 @@ fn a_hundred_concurrent_execs_get_their_own_exit_codes() {
 #[test]
 fn init_exit_is_published_after_running_execs_exit() {
     let _serial = shared();
-    let c = Running::start("execorder");
+    let c = Detached::sleeping("execorder");
     let mut sub = Background(Some(
         ctr_command(&["events"])
             .stdin(Stdio::null())

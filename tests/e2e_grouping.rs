@@ -33,15 +33,6 @@ fn shim_pid_of(id: &str) -> i32 {
     }
 }
 
-fn cleanup(id: &str) {
-    let _ = ctr(&["task", "kill", "-s", "SIGKILL", id]);
-    wait_until(Duration::from_secs(10), || {
-        matches!(task_status(id).as_deref(), None | Some("STOPPED"))
-    });
-    let _ = ctr(&["task", "delete", id]);
-    let _ = ctr(&["container", "rm", id]);
-}
-
 #[test]
 fn containers_of_one_group_share_one_shim() {
     let _serial = shared();
@@ -80,7 +71,7 @@ fn containers_of_one_group_share_one_shim() {
     );
 
     // The shared daemon serves each container on its own: stop one, the other runs on.
-    cleanup(&a);
+    remove_container(&a);
     assert_eq!(task_status(&b).as_deref(), Some("RUNNING"));
     assert!(
         std::path::Path::new(&format!("/proc/{sb}")).exists(),
@@ -95,8 +86,8 @@ fn containers_of_one_group_share_one_shim() {
         )
     };
     assert_eq!((out.as_str(), code), ("alive\n", 0), "{err}");
-    cleanup(&b);
-    cleanup(&alone);
+    remove_container(&b);
+    remove_container(&alone);
     // With its last container gone, the daemon exits.
     assert!(
         wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!(
@@ -151,6 +142,6 @@ fn pids_lists_the_init_and_execs_with_their_exec_id() {
         rows.iter().any(|r| r.contains("worker")),
         "the exec's row names its exec id:\n{ps}"
     );
-    cleanup(&id);
+    remove_container(&id);
     assert_no_leftovers(&id);
 }

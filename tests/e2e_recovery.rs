@@ -30,17 +30,6 @@ fn shim_daemon_pid(id: &str) -> Option<i32> {
     None
 }
 
-fn task_pid(id: &str) -> i32 {
-    let out = ctr_list(&["task", "ls"]);
-    out.lines()
-        .skip(1)
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.first() == Some(&id)).then(|| f[1].parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no task {id} in:\n{out}"))
-}
-
 /// A SIGKILLed shim: containerd runs our `delete` action, which must kill the container
 /// (from the state saved in the bundle), remove its cgroup and unmount its rootfs.
 #[test]

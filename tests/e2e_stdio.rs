@@ -9,27 +9,6 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-struct Running(String);
-
-impl Running {
-    fn start(prefix: &str, rt: &str) -> Running {
-        let id = unique_id(prefix);
-        ctr_ok(&["run", "-d", "--runtime", rt, IMAGE, &id, "sleep", "600"]);
-        Running(id)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = ctr(&["task", "kill", "-s", "SIGKILL", &self.0]);
-        wait_until(Duration::from_secs(10), || {
-            matches!(task_status(&self.0).as_deref(), None | Some("STOPPED"))
-        });
-        let _ = ctr(&["task", "delete", &self.0]);
-        let _ = ctr(&["container", "rm", &self.0]);
-    }
-}
-
 /// `ctr task exec` with `input` on its stdin; returns (stdout, exit code).
 fn exec_with_stdin(id: &str, exec_id: &str, input: &[u8], args: &[&str]) -> (Vec<u8>, i32) {
     let mut a = vec!["task", "exec", "--exec-id", exec_id, id];
@@ -69,7 +48,7 @@ fn sha256(data: &[u8]) -> String {
 #[test]
 fn stdin_reaches_the_process_byte_exact_and_its_eof_too() {
     let _serial = shared();
-    let c = Running::start("stdin", &runtime());
+    let c = Detached::sleeping("stdin");
     let (out, code) = exec_with_stdin(
         &c.0,
         "small",
@@ -184,7 +163,7 @@ fn run_with_a_terminal_gets_a_pty_its_size_and_the_exit_code() {
 #[test]
 fn exec_with_a_terminal() {
     let _serial = shared();
-    let c = Running::start("exectty", &runtime());
+    let c = Detached::sleeping("exectty");
     let cmd = ctr_cmdline(&[
         "task",
         "exec",
@@ -206,7 +185,7 @@ fn exec_with_a_terminal() {
 #[test]
 fn input_typed_into_a_terminal_reaches_the_process() {
     let _serial = shared();
-    let c = Running::start("ttyin", &runtime());
+    let c = Detached::sleeping("ttyin");
     // `script` forwards our stdin to the pty ctr runs in; ctr forwards it to the container's.
     let cmd = ctr_cmdline(&[
         "task",

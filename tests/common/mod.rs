@@ -811,3 +811,54 @@ pub fn assert_no_leftovers(id: &str) {
         last.join("\n  ")
     );
 }
+
+/// Kills, deletes and removes container `id` (a paused one is resumed first), ignoring
+/// whatever is already gone.
+pub fn remove_container(id: &str) {
+    let _ = ctr(&["task", "resume", id]);
+    let _ = ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    wait_until(Duration::from_secs(10), || {
+        matches!(task_status(id).as_deref(), None | Some("STOPPED"))
+    });
+    let _ = ctr(&["task", "delete", id]);
+    let _ = ctr(&["container", "rm", id]);
+}
+
+/// The pid of task `id` as `ctr task ls` reports it.
+pub fn task_pid(id: &str) -> i32 {
+    let out = ctr_list(&["task", "ls"]);
+    out.lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id)).then(|| f[1].parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no task {id} in:\n{out}"))
+}
+
+/// A detached container of runtime `rt` running `args`, removed when dropped.
+pub struct Detached(pub String);
+
+impl Detached {
+    pub fn start(prefix: &str, rt: &str, extra: &[&str], args: &[&str]) -> Detached {
+        let id = unique_id(prefix);
+        let mut a = vec!["run", "-d", "--runtime", rt];
+        a.extend_from_slice(extra);
+        a.push(IMAGE);
+        a.push(&id);
+        a.extend_from_slice(args);
+        ctr_ok(&a);
+        Detached(id)
+    }
+
+    /// `sleep 600` under the runtime being tested.
+    pub fn sleeping(prefix: &str) -> Detached {
+        Detached::start(prefix, &runtime(), &[], &["sleep", "600"])
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        remove_container(&self.0);
+    }
+}
