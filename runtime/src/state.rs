@@ -50,6 +50,21 @@ impl ContainerState {
     }
 }
 
+/// Detaches the rootfs from the mount tree at once, but leaves the filesystem's teardown
+/// (overlayfs syncs its upper directory then: ~10 ms) to whoever drops the returned
+/// handle. The shim drops it on another thread, so Delete does not wait for the sync;
+/// nothing stays visible on the host either way.
+pub fn detach_rootfs(rootfs: &Path) -> Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let hold = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(rootfs)
+        .ok();
+    unmount_rootfs(rootfs)?;
+    Ok(hold)
+}
+
 /// Unmounts the rootfs (every layer stacked on it). Not being mounted is fine.
 pub fn unmount_rootfs(rootfs: &Path) -> Result<()> {
     loop {

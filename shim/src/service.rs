@@ -679,7 +679,10 @@ impl Service {
         }
         cgroups::destroy(&c.plan.cgroup)?;
         if c.rootfs_mounted {
-            state::unmount_rootfs(&c.plan.rootfs)?;
+            // The last reference goes on a thread of its own: see detach_rootfs.
+            if let Some(hold) = state::detach_rootfs(&c.plan.rootfs)? {
+                std::thread::spawn(move || drop(hold));
+            }
         }
         ContainerState::remove(&c.bundle)?;
         self.containers
