@@ -376,3 +376,56 @@ fn oom_kill_publishes_tasks_oom_before_the_exit() {
     );
     assert_no_leftovers(&id);
 }
+
+/// Resources given on `ctr run` land in the container's cgroup files at create.
+#[test]
+fn run_time_limits_are_in_the_cgroup_files() {
+    let _serial = shared();
+    let c = Running::start(
+        "limits",
+        &["--cpus", "0.5", "--memory-limit", "67108864"],
+        &["sleep", "600"],
+    );
+    assert_eq!(read(&c.cgroup("cpu").join("cpu.cfs_quota_us")), "50000");
+    assert_eq!(read(&c.cgroup("cpu").join("cpu.cfs_period_us")), "100000");
+    assert_eq!(
+        read(&c.cgroup("memory").join("memory.limit_in_bytes")),
+        "67108864"
+    );
+    // The init really is in that cgroup.
+    let procs = read(&c.cgroup("memory").join("cgroup.procs"));
+    assert!(procs.lines().any(|p| p == c.pid().to_string()), "{procs}");
+}
+
+/// The device allowlist is enforced: mknod is allowed (as with runc), but a device that is
+/// not on the list cannot be opened, while /dev/null can. Same result under runc.v2.
+#[test]
+fn devices_outside_the_allowlist_cannot_be_opened() {
+    let _serial = shared();
+    for rt in [runtime(), "io.containerd.runc.v2".to_owned()] {
+        let id = unique_id("devs");
+        let script = "mknod /tmp/disk b 7 0 && echo mknod-ok; \
+                      head -c 1 /tmp/disk >/dev/null 2>&1 && echo opened || echo denied; \
+                      mknod /tmp/mem c 1 1 && (head -c 1 /tmp/mem >/dev/null 2>&1 && echo mem-opened || echo mem-denied); \
+                      echo x > /dev/null && echo null-ok";
+        let out = ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            &rt,
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            script,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{rt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout, "mknod-ok\ndenied\nmem-denied\nnull-ok\n", "{rt}");
+        assert_no_leftovers(&id);
+    }
+}
