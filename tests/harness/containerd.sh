@@ -289,8 +289,12 @@ containerd_major() {
 # (unique names; `stop` removes those of our pods).
 write_cri_config() {
     local w="$1" level="$2"
+    # Loopback only. containerd 1.6 fails a pod whose default network yields no IP
+    # (it wants one for "eth0"), so the chain ends with the stateless `static` IPAM
+    # plugin reporting the pod's own 127.0.0.1: no interface, route or host state is
+    # made, and no traffic can leave the pod.
     mkdir -p "$w/cni/net.d"
-    printf '%s\n' '{"cniVersion":"0.4.0","name":"lo","plugins":[{"type":"loopback"}]}' \
+    printf '%s\n' '{"cniVersion":"0.4.0","name":"lo","plugins":[{"type":"loopback"},{"type":"static","ipam":{"type":"static","addresses":[{"address":"127.0.0.1/8"}]}}]}' \
         >"$w/cni/net.d/10-lo.conflist"
     cat >"$w/config.toml" <<EOF
 # Written by tests/harness/containerd.sh (SHIM_RS_CRI=1): a private containerd with CRI.
@@ -447,7 +451,7 @@ cmd_start() {
     major="$(containerd_major "$cbin")"
     if [[ "$cri" == 1 ]]; then
         ((major == 1)) || die "SHIM_RS_CRI=1 supports containerd 1.x only (this is $("$cbin" --version | awk '{print $3}'))"
-        [[ -x "$CNI_BIN_DIR/loopback" ]] ||
+        [[ -x "$CNI_BIN_DIR/loopback" && -x "$CNI_BIN_DIR/static" ]] ||
             die "$CNI_BIN_DIR/loopback missing: apt-get install containernetworking-plugins"
         write_cri_config "$w" "$level"
         pause_image="$(cmd_pause_image "${SHIM_RS_IMAGE_DIR:-$REPO_DIR/.work/image}")"
