@@ -315,7 +315,8 @@ fn read_trim(p: impl AsRef<Path>) -> String {
 }
 
 /// Everything of the pod that may remain after it was removed: empty when clean.
-fn pod_leftovers(pod: &Pod, ids: &[&str], shim: i32, shim_argv0: &str) -> Vec<String> {
+/// `shim`: the pod's shim daemon (pid, argv[0]).
+fn pod_leftovers(pod: &Pod, ids: &[&str], (shim, shim_argv0): (i32, &str)) -> Vec<String> {
     let e = common::cri_env();
     let mut found = Vec::new();
     if argv0(shim) == shim_argv0 {
@@ -630,7 +631,7 @@ fn pod_lifecycle(handler: &str) {
         let ids = [pod.id.as_str(), c1.as_str(), c2.as_str()];
         let mut last = Vec::new();
         common::wait_until(common::SETTLE, || {
-            last = pod_leftovers(&pod, &ids, shim, &shim_argv0);
+            last = pod_leftovers(&pod, &ids, (shim, &shim_argv0));
             last.is_empty()
         });
         assert!(
@@ -673,4 +674,68 @@ fn cri_pod_lifecycle_rs() {
 fn cri_pod_lifecycle_runc() {
     let _g = common::shared();
     pod_lifecycle("runc");
+}
+
+/// A container over its memory limit is OOM-killed and kubelet learns why.
+fn oom_killed(handler: &str) {
+    block_on(async {
+        let mut c = connect().await;
+        let pod = run_pod(&mut c, handler, "oom").await;
+        let shim = serving_shim(pod.pid).expect("sandbox has no shim ancestor");
+        let shim_argv0 = argv0(shim);
+        let res = LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            memory_swap_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        };
+        // dd fills a 64 MiB buffer from /dev/zero: pid 1 itself exceeds the limit.
+        let (id, _, _) = start_container(
+            &mut c,
+            &pod,
+            "hog",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+            res,
+        )
+        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let (st, _) = container_status(&mut c, &id).await;
+            if st.state == ContainerState::ContainerExited as i32 {
+                break st;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{handler}: hog still {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(status.reason, "OOMKilled", "{handler}: {status:?}");
+        assert_eq!(status.exit_code, 137, "{handler}: {status:?}");
+
+        stop_remove_pod(&mut c, &pod, &[&id]).await;
+        let ids = [pod.id.as_str(), id.as_str()];
+        let mut last = Vec::new();
+        common::wait_until(common::SETTLE, || {
+            last = pod_leftovers(&pod, &ids, (shim, &shim_argv0));
+            last.is_empty()
+        });
+        assert!(
+            last.is_empty(),
+            "{handler}: leftovers:\n  {}",
+            last.join("\n  ")
+        );
+        remove_pod_cgroup_parent(&pod.cgroup_parent);
+    });
+}
+
+#[test]
+fn cri_oom_killed_rs() {
+    let _g = common::shared();
+    oom_killed("rs");
+}
+
+#[test]
+fn cri_oom_killed_runc() {
+    let _g = common::shared();
+    oom_killed("runc");
 }
