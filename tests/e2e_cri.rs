@@ -689,11 +689,17 @@ fn oom_killed(handler: &str) {
             ..Default::default()
         };
         // dd fills a 64 MiB buffer from /dev/zero: pid 1 itself exceeds the limit.
+        // After a second: runc's shim watches for OOM only once the task started, so an
+        // OOM within its first milliseconds shows as reason "Error" there (ours reports it).
         let (id, _, _) = start_container(
             &mut c,
             &pod,
             "hog",
-            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+            &[
+                "sh",
+                "-c",
+                "sleep 1; exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+            ],
             res,
         )
         .await;
