@@ -23,7 +23,8 @@ all: build
 
 # Debian/Ubuntu packages the demo, tests and benchmarks need (run as root). The Rust
 # toolchain (cargo, rustfmt, clippy) comes from rustup.
-DEB_PACKAGES := containerd runc busybox-static hyperfine strace jq libseccomp-dev pkg-config make
+DEB_PACKAGES := containerd runc busybox-static hyperfine strace jq libseccomp-dev pkg-config make \
+	containernetworking-plugins protobuf-compiler gcc libc6-dev
 deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES)

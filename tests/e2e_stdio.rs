@@ -291,11 +291,13 @@ fn log_uris_binary_and_file() {
             "{rt}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // runc's shim copies into the file on its own and may finish after ctr returns.
+        let complete = |s: &str| s.contains("f-out\n") && s.contains("f-err\n");
+        wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&file).is_ok_and(|s| complete(&s))
+        });
         let logged = std::fs::read_to_string(&file).unwrap();
-        assert!(
-            logged.contains("f-out\n") && logged.contains("f-err\n"),
-            "{rt}: {logged:?}"
-        );
+        assert!(complete(&logged), "{rt}: {logged:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

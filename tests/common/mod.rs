@@ -22,7 +22,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -82,6 +82,16 @@ pub fn env() -> &'static Env {
         Ok(e) => e,
         Err(msg) => panic!("e2e environment unavailable: {msg}"),
     }
+}
+
+/// Set by [`cri_env()`]: this test binary's containerd runs in CRI mode.
+static CRI_MODE: AtomicBool = AtomicBool::new(false);
+
+/// The environment with containerd's CRI plugin enabled (`containerd.sh` with
+/// `SHIM_RS_CRI=1`); a test binary uses either this or [`env()`], not both.
+pub fn cri_env() -> &'static Env {
+    CRI_MODE.store(true, Ordering::SeqCst);
+    env()
 }
 
 /// The runtime under test (`SHIM_RS_RUNTIME`, default `io.containerd.rs.v1`).
@@ -259,7 +269,15 @@ fn setup() -> Result<Env, String> {
             .arg("start")
             .arg(&workdir)
             .arg(&bindir)
-            .env("CONTAINERD_NAMESPACE", &namespace),
+            .env("CONTAINERD_NAMESPACE", &namespace)
+            .env(
+                "SHIM_RS_CRI",
+                if CRI_MODE.load(Ordering::SeqCst) {
+                    "1"
+                } else {
+                    "0"
+                },
+            ),
         Duration::from_secs(180),
     );
     if timed_out || !out.status.success() {

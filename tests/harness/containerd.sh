@@ -20,6 +20,11 @@
 #   SHIM_RS_IMAGE_DIR     image cache dir used by `start` (default: <repo>/.work/image)
 #   SHIM_RS_START_TIMEOUT seconds to wait for containerd to answer (default: 30)
 #   BUSYBOX               static busybox to put in the image (default: /bin/busybox)
+#   SHIM_RS_CRI=1         at `start`: CRI mode (containerd 1.x only): the CRI plugin on
+#                         WORKDIR/containerd.sock, runtime handlers `rs` (ours) and
+#                         `runc`, a local pause image as sandbox_image, loopback-only
+#                         CNI (plugins from /usr/lib/cni, containernetworking-plugins);
+#                         the busybox and pause images are imported into `k8s.io`
 #
 # Everything here is bounded in time and touches only what it can prove is
 # its own: processes are found through WORKDIR paths, never by name.
@@ -30,6 +35,8 @@ IMAGE_FILE="busybox.oci.tar"
 # Bump when the image layout produced below changes (invalidates caches).
 IMAGE_RECIPE=3
 MARKER=".shim-rs-harness"
+# Debian's containernetworking-plugins.
+CNI_BIN_DIR="${SHIM_RS_CNI_BIN_DIR:-/usr/lib/cni}"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$SCRIPT_DIR/../.." && pwd)"
@@ -138,6 +145,15 @@ nobody:x:65534:
 EOF
     chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group"
 
+    pack_layout "$out" "$arch" "$tmp" "$rootfs" "$IMAGE_NAME" "$IMAGE_FILE" \
+        '"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"' \
+        "busybox-static"
+}
+
+# Packs directory $4 as a one-layer OCI image named $5 into the tarball $1/$6 (atomically);
+# $7 is the image config's "config" members (JSON), $8 a word for its history.
+pack_layout() {
+    local out="$1" arch="$2" tmp="$3" rootfs="$4" name="$5" file="$6" cfg="$7" what="$8"
     local blobs="$tmp/layout/blobs/sha256"
     mkdir -p "$blobs"
 
@@ -159,10 +175,9 @@ EOF
     printf '%s' \
         '{"architecture":"'"$arch"'","os":"linux",' \
         '"created":"1970-01-01T00:00:00Z",' \
-        '"config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],' \
-        '"Cmd":["/bin/sh"],"WorkingDir":"/"},' \
+        '"config":{'"$cfg"'},' \
         '"rootfs":{"type":"layers","diff_ids":["sha256:'"$diff_id"'"]},' \
-        '"history":[{"created":"1970-01-01T00:00:00Z","created_by":"containerd-shim-rs tests/harness/containerd.sh: busybox-static"}]}' \
+        '"history":[{"created":"1970-01-01T00:00:00Z","created_by":"containerd-shim-rs tests/harness/containerd.sh: '"$what"'"}]}' \
         >"$tmp/config.json"
     local config_digest config_size
     config_digest="$(sha256_of "$tmp/config.json")"
@@ -185,13 +200,13 @@ EOF
         '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",' \
         '"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$manifest_digest"'","size":'"$manifest_size"',' \
         '"platform":{"architecture":"'"$arch"'","os":"linux"},' \
-        '"annotations":{"io.containerd.image.name":"'"$IMAGE_NAME"'","org.opencontainers.image.ref.name":"latest"}}]}' \
+        '"annotations":{"io.containerd.image.name":"'"$name"'","org.opencontainers.image.ref.name":"'"${name##*:}"'"}}]}' \
         >"$tmp/layout/index.json"
     printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$tmp/layout/oci-layout"
 
     tar -C "$tmp/layout" --sort=name --owner=0 --group=0 --numeric-owner --mtime='@0' \
-        -cf "$tmp/$IMAGE_FILE" oci-layout index.json blobs
-    mv -f "$tmp/$IMAGE_FILE" "$out/$IMAGE_FILE"
+        -cf "$tmp/$file" oci-layout index.json blobs
+    mv -f "$tmp/$file" "$out/$file"
 }
 
 cmd_image() {
@@ -224,6 +239,40 @@ cmd_image() {
     printf '%s\n' "$out/$IMAGE_FILE"
 }
 
+# The CRI sandbox image: tests/harness/pause.c built static, alone in its rootfs.
+PAUSE_IMAGE_NAME="localhost/shim-rs/pause:3.9"
+PAUSE_IMAGE_FILE="pause.oci.tar"
+
+cmd_pause_image() {
+    [[ $# -eq 1 ]] || usage
+    local out="$1" src="$SCRIPT_DIR/pause.c"
+    mkdir -p "$out"
+    out="$(realpath -- "$out")"
+    command -v gcc >/dev/null || die "gcc not found (apt-get install gcc libc6-dev)"
+    local arch stamp
+    arch="$(go_arch)"
+    stamp="recipe=$IMAGE_RECIPE pause=$(sha256_of "$src") gcc=$(gcc -dumpfullversion) arch=$arch name=$PAUSE_IMAGE_NAME"
+    (
+        flock -w 120 9 || die "timed out waiting for the image lock in $out"
+        if [[ -f "$out/$PAUSE_IMAGE_FILE" && -f "$out/$PAUSE_IMAGE_FILE.stamp" ]] &&
+            [[ "$(cat "$out/$PAUSE_IMAGE_FILE.stamp")" == "$stamp" ]]; then
+            exit 0
+        fi
+        rm -f "$out/$PAUSE_IMAGE_FILE.stamp"
+        tmp="$(mktemp -d "$out/.build.XXXXXX")"
+        # shellcheck disable=SC2064
+        trap "rm -rf '$tmp'" EXIT
+        mkdir -p "$tmp/rootfs"
+        gcc -static -O2 -s -o "$tmp/rootfs/pause" "$src" || die "building $src failed (needs libc6-dev)"
+        touch -d @0 "$tmp/rootfs/pause"
+        pack_layout "$out" "$arch" "$tmp" "$tmp/rootfs" "$PAUSE_IMAGE_NAME" "$PAUSE_IMAGE_FILE" \
+            '"Entrypoint":["/pause"],"WorkingDir":"/"' "pause.c"
+        printf '%s\n' "$stamp" >"$out/$PAUSE_IMAGE_FILE.stamp.tmp"
+        mv -f "$out/$PAUSE_IMAGE_FILE.stamp.tmp" "$out/$PAUSE_IMAGE_FILE.stamp"
+    ) 9>"$out/.lock"
+    printf '%s\n' "$out/$PAUSE_IMAGE_FILE"
+}
+
 # ---------------------------------------------------------------- start ---
 
 # Major version of a containerd binary ("containerd <repo> 1.6.20~ds1 ..." -> 1).
@@ -233,6 +282,68 @@ containerd_major() {
     v="${v#v}"
     [[ "$v" =~ ^[0-9]+ ]] || die "cannot tell the version of $1 ($("$1" --version 2>&1 | head -n 1))"
     printf '%s\n' "${BASH_REMATCH[0]}"
+}
+
+# CRI mode (containerd 1.x, config version 2): everything private to WORKDIR except
+# the pods' network namespaces, which containerd 1.6 always makes under /var/run/netns
+# (unique names; `stop` removes those of our pods).
+write_cri_config() {
+    local w="$1" level="$2"
+    # Loopback only. containerd 1.6 fails a pod whose default network yields no IP
+    # (it wants one for "eth0"), so the chain ends with the stateless `static` IPAM
+    # plugin reporting the pod's own 127.0.0.1: no interface, route or host state is
+    # made, and no traffic can leave the pod.
+    mkdir -p "$w/cni/net.d"
+    printf '%s\n' '{"cniVersion":"0.4.0","name":"lo","plugins":[{"type":"loopback"},{"type":"static","ipam":{"type":"static","addresses":[{"address":"127.0.0.1/8"}]}}]}' \
+        >"$w/cni/net.d/10-lo.conflist"
+    cat >"$w/config.toml" <<EOF
+# Written by tests/harness/containerd.sh (SHIM_RS_CRI=1): a private containerd with CRI.
+version = 2
+root = "$w/root"
+state = "$w/state"
+disabled_plugins = ["io.containerd.nri.v1.nri"]
+
+[grpc]
+  address = "$w/containerd.sock"
+
+[ttrpc]
+  address = "$w/containerd.sock.ttrpc"
+
+[debug]
+  address = ""
+  level = "$level"
+
+[metrics]
+  address = ""
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "$w/opt"
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "$PAUSE_IMAGE_NAME"
+    # Containers may not get a lower oom_score_adj than the shim (no CAP_SYS_RESOURCE here).
+    restrict_oom_score_adj = true
+    disable_apparmor = true
+    enable_selinux = false
+    # The streaming server (exec/attach/port-forward URLs) listens on loopback only.
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "overlayfs"
+      default_runtime_name = "runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs]
+        runtime_type = "io.containerd.rs.v1"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs.options]
+          SystemdCgroup = false
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "$CNI_BIN_DIR"
+      conf_dir = "$w/cni/net.d"
+      max_conf_num = 1
+EOF
 }
 
 write_config() {
@@ -336,7 +447,17 @@ cmd_start() {
     mkdir -p "$w"
     : >"$w/$MARKER"
     mkdir -p "$w/root" "$w/state" "$w/opt"
-    write_config "$w" "$level" "$(containerd_major "$cbin")"
+    local cri="${SHIM_RS_CRI:-0}" major pause_image=""
+    major="$(containerd_major "$cbin")"
+    if [[ "$cri" == 1 ]]; then
+        ((major == 1)) || die "SHIM_RS_CRI=1 supports containerd 1.x only (this is $("$cbin" --version | awk '{print $3}'))"
+        [[ -x "$CNI_BIN_DIR/loopback" && -x "$CNI_BIN_DIR/static" ]] ||
+            die "$CNI_BIN_DIR/loopback missing: apt-get install containernetworking-plugins"
+        write_cri_config "$w" "$level"
+        pause_image="$(cmd_pause_image "${SHIM_RS_IMAGE_DIR:-$REPO_DIR/.work/image}")"
+    else
+        write_config "$w" "$level" "$major"
+    fi
 
     local image
     image="$(cmd_image "${SHIM_RS_IMAGE_DIR:-$REPO_DIR/.work/image}")"
@@ -360,6 +481,7 @@ cmd_start() {
         echo "IMAGE_TAR=$image"
         echo "BINDIR=$bindir"
         echo "PID=$pid"
+        echo "CRI=$cri"
     } >"$w/env"
 
     local deadline=$((SECONDS + timeout))
@@ -389,6 +511,21 @@ cmd_start() {
     if ! "$ctr" --address "$w/containerd.sock" -n "$ns" images ls -q | grep -qxF "$IMAGE_NAME"; then
         warn "image $IMAGE_NAME missing after import: $out"
         exit 1
+    fi
+    if [[ "$cri" == 1 ]]; then
+        # CRI sees only the k8s.io namespace; pods need the sandbox image there too.
+        local tar name
+        for tar in "$image" "$pause_image"; do
+            if ! out="$(timeout -s KILL 120 "$ctr" --address "$w/containerd.sock" -n k8s.io \
+                images import "$tar" 2>&1)"; then
+                warn "image import of $tar into k8s.io failed: $out"
+                exit 1
+            fi
+        done
+        for name in "$IMAGE_NAME" "$PAUSE_IMAGE_NAME"; do
+            "$ctr" --address "$w/containerd.sock" -n k8s.io images ls -q | grep -qxF "$name" ||
+                { warn "image $name missing in k8s.io after import"; exit 1; }
+        done
     fi
 }
 
@@ -457,6 +594,30 @@ our_pids() {
     done
     for pid in "${!kind_of[@]}"; do
         echo "$pid ${kind_of[$pid]}"
+    done
+}
+
+# What a CRI pod of bundle $1 may leave when its containerd died first: the pod's
+# network namespace (containerd 1.6 mounts it at /var/run/netns/cni-UUID) and the
+# cgroup named by cgroupsPath with its pod parent (rmdir only: empty ones).
+cri_bundle_leftovers() {
+    local cfg="$1/config.json" p d
+    [[ -f "$cfg" ]] && command -v jq >/dev/null || return 0
+    p="$(jq -r '.linux.namespaces[]? | select(.type == "network") | .path // empty' "$cfg" 2>/dev/null || true)"
+    case "$p" in
+        /var/run/netns/cni-* | /run/netns/cni-*)
+            if [[ -e "$p" ]]; then
+                umount -l -- "$p" 2>/dev/null || true
+                rm -f -- "$p"
+            fi ;;
+    esac
+    p="$(jq -r '.linux.cgroupsPath // empty' "$cfg" 2>/dev/null || true)"
+    # cgroupfs form only ("/parent/id"); never a path that climbs out.
+    [[ "$p" == /?*/?* && "$p" != *..* ]] || return 0
+    for d in /sys/fs/cgroup/*"$p" /sys/fs/cgroup"$p"; do
+        [[ -d "$d" ]] || continue
+        rmdir -- "$d" 2>/dev/null || true
+        rmdir -- "$(dirname "$d")" 2>/dev/null || true
     done
 }
 
@@ -552,6 +713,7 @@ cmd_stop() {
             rmdir -- "$d" 2>/dev/null || true
             rmdir -- "$(dirname "$d")" 2>/dev/null || true
         done
+        cri_bundle_leftovers "$b"
     done
 
     # Per-namespace dirs left empty by runtimes (/run/containerd/runc/<ns>, cgroup

@@ -1,0 +1,747 @@
+//! Kubernetes RuntimeClass end to end: containerd's CRI plugin drives our shim
+//! (runtime handler `rs`, runtime type io.containerd.rs.v1) exactly as kubelet
+//! would, over gRPC on containerd's socket (the `k8s-cri` client). Every scenario
+//! runs for both handlers, `rs` and the stock `runc`, with the same assertions:
+//! a failure that only `rs` shows is ours.
+//!
+//! containerd runs in the harness' CRI mode (`containerd.sh` with SHIM_RS_CRI=1):
+//! local pause image as sandbox image, loopback-only CNI, private root/state.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// containerd's CRI plugin names its API version like this (kubelet checks it).
+const CRI_API: &str = "v1";
+const PAUSE_IMAGE: &str = "localhost/shim-rs/pause:3.9";
+/// Bound on one CRI call: a hung shim must fail the test, not hang it.
+const CALL: Duration = Duration::from_secs(60);
+
+struct Cri {
+    rt: RuntimeServiceClient<Channel>,
+    img: ImageServiceClient<Channel>,
+}
+
+async fn connect() -> Cri {
+    let sock = PathBuf::from(&common::cri_env().address);
+    let ch = Endpoint::try_from("http://[::]:0")
+        .unwrap()
+        .timeout(CALL)
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let sock = sock.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?))
+            }
+        }))
+        .await
+        .expect("connect to containerd's CRI socket");
+    Cri {
+        rt: RuntimeServiceClient::new(ch.clone()),
+        img: ImageServiceClient::new(ch),
+    }
+}
+
+/// Runs one async scenario on a private current-thread runtime.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Unwraps a CRI reply, naming the call and showing containerd's log on error.
+fn ok<T>(what: &str, r: Result<tonic::Response<T>, tonic::Status>) -> T {
+    match r {
+        Ok(r) => r.into_inner(),
+        Err(s) => panic!(
+            "{what}: {:?}: {}\ncontainerd log tail:\n{}",
+            s.code(),
+            s.message(),
+            common::containerd_log_tail(30)
+        ),
+    }
+}
+
+/// The "info" JSON of a verbose status reply (pid, runtimeSpec, ...).
+fn verbose_info(info: &HashMap<String, String>) -> serde_json::Value {
+    let raw = info.get("info").expect("verbose status without info");
+    serde_json::from_str(raw).expect("verbose info is JSON")
+}
+
+fn pod_config(name: &str, cgroup_parent: &str, logdir: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "shim-rs-e2e".into(),
+            attempt: 0,
+        }),
+        hostname: "crihost".into(),
+        log_directory: logdir.to_string_lossy().into_owned(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(
+    name: &str,
+    command: &[&str],
+    resources: LinuxContainerResources,
+) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: common::IMAGE.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig {
+            resources: Some(resources),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A pod as the test made it, for assertions and teardown.
+struct Pod {
+    id: String,
+    config: PodSandboxConfig,
+    cgroup_parent: String,
+    pid: i32,
+    netns: Option<String>,
+}
+
+async fn run_pod(c: &mut Cri, handler: &str, tag: &str) -> Pod {
+    let e = common::cri_env();
+    let name = common::unique_id(&format!("cri-{tag}-{handler}"));
+    // cgroupfs driver: kubelet hands a parent below the hierarchy roots.
+    let cgroup_parent = format!("/{name}");
+    let logdir = e.workdir.join("pods").join(&name);
+    fs::create_dir_all(&logdir).unwrap();
+    let config = pod_config(&name, &cgroup_parent, &logdir);
+    let r = ok(
+        "RunPodSandbox",
+        c.rt.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await,
+    );
+    let id = r.pod_sandbox_id;
+    let st = ok(
+        "PodSandboxStatus",
+        c.rt.pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: true,
+        })
+        .await,
+    );
+    let status = st.status.expect("PodSandboxStatus without status");
+    assert_eq!(
+        status.state,
+        PodSandboxState::SandboxReady as i32,
+        "{handler}: pod not ready"
+    );
+    let info = verbose_info(&st.info);
+    assert_eq!(
+        info["runtimeHandler"], handler,
+        "{handler}: pod created with another handler: {info}"
+    );
+    let pid = info["pid"].as_i64().expect("sandbox pid") as i32;
+    let netns = info["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["type"] == "network"))
+        .and_then(|n| n["path"].as_str())
+        .map(str::to_string);
+    Pod {
+        id,
+        config,
+        cgroup_parent,
+        pid,
+        netns,
+    }
+}
+
+/// Creates and starts a container in the pod; returns (id, pid, cgroupsPath).
+async fn start_container(
+    c: &mut Cri,
+    pod: &Pod,
+    name: &str,
+    command: &[&str],
+    resources: LinuxContainerResources,
+) -> (String, i32, String) {
+    let r = ok(
+        "CreateContainer",
+        c.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(container_config(name, command, resources)),
+            sandbox_config: Some(pod.config.clone()),
+        })
+        .await,
+    );
+    let id = r.container_id;
+    ok(
+        "StartContainer",
+        c.rt.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await,
+    );
+    let (status, info) = container_status(c, &id).await;
+    assert_eq!(
+        status.state,
+        ContainerState::ContainerRunning as i32,
+        "{name} not running: {status:?}"
+    );
+    let pid = info["pid"].as_i64().expect("container pid") as i32;
+    let cg = info["runtimeSpec"]["linux"]["cgroupsPath"]
+        .as_str()
+        .expect("cgroupsPath")
+        .to_string();
+    (id, pid, cg)
+}
+
+async fn container_status(c: &mut Cri, id: &str) -> (ContainerStatus, serde_json::Value) {
+    let r = ok(
+        "ContainerStatus",
+        c.rt.container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await,
+    );
+    (
+        r.status.expect("ContainerStatus without status"),
+        verbose_info(&r.info),
+    )
+}
+
+async fn exec_sync(c: &mut Cri, id: &str, cmd: &[&str]) -> (String, String, i32) {
+    let r = ok(
+        "ExecSync",
+        c.rt.exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 30,
+        })
+        .await,
+    );
+    (
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+        r.exit_code,
+    )
+}
+
+fn ppid_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn argv0(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            let first = b.split(|&c| c == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(first).into_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// The shim daemon serving a container process: its topmost ancestor that is a
+/// containerd-shim-* binary (our zygote is a forked shim below the daemon).
+fn serving_shim(pid: i32) -> Option<i32> {
+    let mut top = None;
+    let mut p = pid;
+    for _ in 0..64 {
+        let Some(pp) = ppid_of(p) else { break };
+        if pp <= 1 {
+            break;
+        }
+        let name = argv0(pp);
+        if Path::new(&name)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("containerd-shim-"))
+        {
+            top = Some(pp);
+        }
+        p = pp;
+    }
+    top
+}
+
+/// The cgroup (v1 hierarchy `controller`) of a process.
+fn cgroup_of(pid: i32, controller: &str) -> String {
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    cg.lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+        .unwrap_or_else(|| panic!("no {controller} cgroup for {pid}: {cg}"))
+}
+
+fn read_trim(p: impl AsRef<Path>) -> String {
+    let p = p.as_ref();
+    fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+/// Everything of the pod that may remain after it was removed: empty when clean.
+/// `shim`: the pod's shim daemon (pid, argv[0]).
+fn pod_leftovers(pod: &Pod, ids: &[&str], (shim, shim_argv0): (i32, &str)) -> Vec<String> {
+    let e = common::cri_env();
+    let mut found = Vec::new();
+    if argv0(shim) == shim_argv0 {
+        found.push(format!("shim {shim} ({shim_argv0}) still running"));
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for l in mountinfo.lines() {
+        if ids.iter().any(|id| l.contains(id))
+            || pod.netns.as_deref().is_some_and(|n| l.contains(n))
+        {
+            found.push(format!("mount: {l}"));
+        }
+    }
+    if let Some(n) = &pod.netns {
+        if Path::new(n).exists() {
+            found.push(format!("network namespace {n} still exists"));
+        }
+    }
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for d in rd.flatten() {
+            let Ok(pid) = d.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let argv = fs::read(d.path().join("cmdline")).unwrap_or_default();
+            let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+            if ids.iter().any(|id| argv.contains(id)) {
+                found.push(format!("process {pid} mentions the pod: {argv}"));
+            }
+        }
+    }
+    for ctrl in ["memory", "cpu", "pids", "devices", "freezer"] {
+        for id in ids {
+            let d = format!("/sys/fs/cgroup/{ctrl}{}/{id}", pod.cgroup_parent);
+            if Path::new(&d).exists() {
+                found.push(format!("cgroup {d} still exists"));
+            }
+        }
+    }
+    for id in ids {
+        let bundle = e
+            .workdir
+            .join("state/io.containerd.runtime.v2.task/k8s.io")
+            .join(id);
+        if bundle.exists() {
+            found.push(format!("bundle {} still exists", bundle.display()));
+        }
+        if let Ok(rd) = fs::read_dir("/run/containerd") {
+            for d in rd.flatten() {
+                let p = d.path().join("k8s.io").join(id);
+                if p.exists() {
+                    found.push(format!("{} still exists", p.display()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// kubelet removes a pod's cgroup parent itself once the pod is gone: rmdir must
+/// succeed everywhere (nothing of the pod left inside).
+fn remove_pod_cgroup_parent(parent: &str) {
+    let rd = fs::read_dir("/sys/fs/cgroup").unwrap();
+    for d in rd.flatten() {
+        let p = d.path().join(parent.trim_start_matches('/'));
+        if p.is_dir() {
+            fs::remove_dir(&p)
+                .unwrap_or_else(|e| panic!("pod cgroup parent {} not empty: {e}", p.display()));
+        }
+    }
+}
+
+async fn stop_remove_pod(c: &mut Cri, pod: &Pod, containers: &[&str]) {
+    for id in containers {
+        ok(
+            "StopContainer",
+            c.rt.stop_container(StopContainerRequest {
+                container_id: id.to_string(),
+                timeout: 2,
+            })
+            .await,
+        );
+        let (st, _) = container_status(c, id).await;
+        assert_eq!(
+            st.state,
+            ContainerState::ContainerExited as i32,
+            "{id} not exited after StopContainer: {st:?}"
+        );
+        ok(
+            "RemoveContainer",
+            c.rt.remove_container(RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await,
+        );
+    }
+    ok(
+        "StopPodSandbox",
+        c.rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.id.clone(),
+        })
+        .await,
+    );
+    ok(
+        "RemovePodSandbox",
+        c.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.id.clone(),
+        })
+        .await,
+    );
+}
+
+// ---------------------------------------------------------------- tests ---
+
+fn version_and_images() {
+    block_on(async {
+        let mut c = connect().await;
+        let v = ok(
+            "Version",
+            c.rt.version(VersionRequest {
+                version: CRI_API.into(),
+            })
+            .await,
+        );
+        assert_eq!(v.runtime_name, "containerd");
+        assert_eq!(v.runtime_api_version, CRI_API);
+        let imgs = ok(
+            "ListImages",
+            c.img.list_images(ListImagesRequest { filter: None }).await,
+        );
+        let tags: Vec<&String> = imgs.images.iter().flat_map(|i| &i.repo_tags).collect();
+        for want in [common::IMAGE, PAUSE_IMAGE] {
+            assert!(
+                tags.iter().any(|t| *t == want),
+                "{want} not listed: {tags:?}"
+            );
+        }
+        let st = ok(
+            "ImageStatus",
+            c.img
+                .image_status(ImageStatusRequest {
+                    image: Some(ImageSpec {
+                        image: common::IMAGE.into(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                })
+                .await,
+        );
+        let img = st.image.expect("busybox image status");
+        assert!(img.size > 0, "busybox image size 0: {img:?}");
+    });
+}
+
+#[test]
+fn cri_version_and_images() {
+    let _g = common::shared();
+    version_and_images();
+}
+
+/// The whole pod life as kubelet drives it, on one runtime handler.
+fn pod_lifecycle(handler: &str) {
+    block_on(async {
+        let mut c = connect().await;
+        let pod = run_pod(&mut c, handler, "pod").await;
+
+        // The pod's network: loopback only (CNI loopback plugin), up.
+        let netns = pod
+            .netns
+            .clone()
+            .expect("sandbox spec has no network namespace path");
+        assert!(Path::new(&netns).exists(), "{handler}: {netns} missing");
+        let host_net = fs::read_link("/proc/self/ns/net").unwrap();
+        let pod_net = fs::read_link(format!("/proc/{}/ns/net", pod.pid)).unwrap();
+        assert_ne!(pod_net, host_net, "{handler}: pod shares the host network");
+
+        let mut res = LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        };
+        let (c1, c1_pid, c1_cg) =
+            start_container(&mut c, &pod, "sleeper", &["sleep", "3600"], res.clone()).await;
+        assert_eq!(c1_cg, format!("{}/{c1}", pod.cgroup_parent), "{handler}");
+
+        // ExecSync: output and exit codes travel back.
+        let (out, err, code) = exec_sync(&mut c, &c1, &["echo", "hi"]).await;
+        assert_eq!((out.as_str(), code), ("hi\n", 0), "{handler}: stderr {err}");
+        let (_, _, code) = exec_sync(&mut c, &c1, &["sh", "-c", "exit 3"]).await;
+        assert_eq!(code, 3, "{handler}: exit code of exec");
+
+        // The container sits in the pod's network namespace: only lo, and it is up.
+        assert_eq!(
+            fs::read_link(format!("/proc/{c1_pid}/ns/net")).unwrap(),
+            pod_net,
+            "{handler}: container not in the pod network namespace"
+        );
+        let (out, _, code) = exec_sync(&mut c, &c1, &["ls", "/sys/class/net"]).await;
+        assert_eq!((out.trim(), code), ("lo", 0), "{handler}: interfaces");
+        let (out, _, _) = exec_sync(&mut c, &c1, &["cat", "/sys/class/net/lo/flags"]).await;
+        let flags = u32::from_str_radix(out.trim().trim_start_matches("0x"), 16)
+            .unwrap_or_else(|_| panic!("{handler}: lo flags {out:?}"));
+        assert_eq!(flags & 0x9, 0x9, "{handler}: lo not UP|LOOPBACK: {out}");
+        let (out, _, _) = exec_sync(&mut c, &c1, &["cat", "/proc/net/dev"]).await;
+        let ifaces: Vec<&str> = out
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(ifaces, ["lo"], "{handler}: /proc/net/dev: {out}");
+
+        // Stats from the shim: memory in use.
+        let stats = ok(
+            "ContainerStats",
+            c.rt.container_stats(ContainerStatsRequest {
+                container_id: c1.clone(),
+            })
+            .await,
+        )
+        .stats
+        .expect("no stats");
+        let mem = stats.memory.expect("no memory stats");
+        let ws = mem.working_set_bytes.map(|v| v.value).unwrap_or(0);
+        let usage = mem.usage_bytes.map(|v| v.value).unwrap_or(0);
+        assert!(
+            ws > 0 || usage > 0,
+            "{handler}: memory stats all zero: {mem:?}"
+        );
+        assert!(
+            stats.cpu.is_some_and(|c| c.timestamp > 0),
+            "{handler}: no cpu stats"
+        );
+
+        // Limits at creation, then UpdateContainerResources, both in the cgroup.
+        let cpu = format!("/sys/fs/cgroup/cpu{c1_cg}");
+        assert_eq!(
+            read_trim(format!("{cpu}/cpu.cfs_quota_us")),
+            "50000",
+            "{handler}"
+        );
+        assert_eq!(
+            read_trim(format!(
+                "/sys/fs/cgroup/memory{c1_cg}/memory.limit_in_bytes"
+            )),
+            (64u64 << 20).to_string(),
+            "{handler}"
+        );
+        res.cpu_quota = 20_000;
+        ok(
+            "UpdateContainerResources",
+            c.rt.update_container_resources(UpdateContainerResourcesRequest {
+                container_id: c1.clone(),
+                linux: Some(res.clone()),
+                ..Default::default()
+            })
+            .await,
+        );
+        assert_eq!(
+            read_trim(format!("{cpu}/cpu.cfs_quota_us")),
+            "20000",
+            "{handler}"
+        );
+        assert_eq!(
+            read_trim(format!("{cpu}/cpu.cfs_period_us")),
+            "100000",
+            "{handler}"
+        );
+
+        // A second container of the pod: same shim daemon, same pod cgroup parent.
+        let (c2, c2_pid, c2_cg) =
+            start_container(&mut c, &pod, "second", &["sleep", "3600"], res.clone()).await;
+        let shim = serving_shim(pod.pid).expect("sandbox has no shim ancestor");
+        assert_eq!(
+            serving_shim(c1_pid),
+            Some(shim),
+            "{handler}: first container"
+        );
+        assert_eq!(
+            serving_shim(c2_pid),
+            Some(shim),
+            "{handler}: second container"
+        );
+        let shim_argv0 = argv0(shim);
+        let want_shim = if handler == "rs" {
+            "containerd-shim-rs-v1"
+        } else {
+            "containerd-shim-runc-v2"
+        };
+        assert!(
+            shim_argv0.ends_with(want_shim),
+            "{handler}: served by {shim_argv0}"
+        );
+        for (what, pid, cg) in [
+            (
+                "sandbox",
+                pod.pid,
+                format!("{}/{}", pod.cgroup_parent, pod.id),
+            ),
+            ("first", c1_pid, c1_cg.clone()),
+            ("second", c2_pid, c2_cg.clone()),
+        ] {
+            for ctrl in ["memory", "cpu", "pids"] {
+                assert_eq!(cgroup_of(pid, ctrl), cg, "{handler}: {what} {ctrl} cgroup");
+            }
+        }
+        let (out, _, _) = exec_sync(&mut c, &c2, &["hostname"]).await;
+        assert_eq!(out.trim(), "crihost", "{handler}: pod hostname");
+
+        // Teardown as kubelet does it; then nothing of the pod may remain.
+        stop_remove_pod(&mut c, &pod, &[&c1, &c2]).await;
+        let ids = [pod.id.as_str(), c1.as_str(), c2.as_str()];
+        let mut last = Vec::new();
+        common::wait_until(common::SETTLE, || {
+            last = pod_leftovers(&pod, &ids, (shim, &shim_argv0));
+            last.is_empty()
+        });
+        assert!(
+            last.is_empty(),
+            "{handler}: leftovers:\n  {}",
+            last.join("\n  ")
+        );
+        let listed = ok(
+            "ListContainers",
+            c.rt.list_containers(ListContainersRequest { filter: None })
+                .await,
+        );
+        assert!(
+            !listed
+                .containers
+                .iter()
+                .any(|x| ids.contains(&x.id.as_str())),
+            "{handler}: containers still listed"
+        );
+        let pods = ok(
+            "ListPodSandbox",
+            c.rt.list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await,
+        );
+        assert!(
+            !pods.items.iter().any(|p| p.id == pod.id),
+            "{handler}: pod still listed"
+        );
+        remove_pod_cgroup_parent(&pod.cgroup_parent);
+    });
+}
+
+#[test]
+fn cri_pod_lifecycle_rs() {
+    let _g = common::shared();
+    pod_lifecycle("rs");
+}
+
+#[test]
+fn cri_pod_lifecycle_runc() {
+    let _g = common::shared();
+    pod_lifecycle("runc");
+}
+
+/// A container over its memory limit is OOM-killed and kubelet learns why.
+fn oom_killed(handler: &str) {
+    block_on(async {
+        let mut c = connect().await;
+        let pod = run_pod(&mut c, handler, "oom").await;
+        let shim = serving_shim(pod.pid).expect("sandbox has no shim ancestor");
+        let shim_argv0 = argv0(shim);
+        let res = LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            memory_swap_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        };
+        // dd fills a 64 MiB buffer from /dev/zero: pid 1 itself exceeds the limit.
+        // After a second: runc's shim watches for OOM only once the task started, so an
+        // OOM within its first milliseconds shows as reason "Error" there (ours reports it).
+        let (id, _, _) = start_container(
+            &mut c,
+            &pod,
+            "hog",
+            &[
+                "sh",
+                "-c",
+                "sleep 1; exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+            ],
+            res,
+        )
+        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let (st, _) = container_status(&mut c, &id).await;
+            if st.state == ContainerState::ContainerExited as i32 {
+                break st;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{handler}: hog still {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(status.reason, "OOMKilled", "{handler}: {status:?}");
+        assert_eq!(status.exit_code, 137, "{handler}: {status:?}");
+
+        stop_remove_pod(&mut c, &pod, &[&id]).await;
+        let ids = [pod.id.as_str(), id.as_str()];
+        let mut last = Vec::new();
+        common::wait_until(common::SETTLE, || {
+            last = pod_leftovers(&pod, &ids, (shim, &shim_argv0));
+            last.is_empty()
+        });
+        assert!(
+            last.is_empty(),
+            "{handler}: leftovers:\n  {}",
+            last.join("\n  ")
+        );
+        remove_pod_cgroup_parent(&pod.cgroup_parent);
+    });
+}
+
+#[test]
+fn cri_oom_killed_rs() {
+    let _g = common::shared();
+    oom_killed("rs");
+}
+
+#[test]
+fn cri_oom_killed_runc() {
+    let _g = common::shared();
+    oom_killed("runc");
+}
