@@ -10,7 +10,8 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim_protos::{protobuf::MessageDyn, ttrpc::context::Context};
 use log::warn;
 
-type Event = (&'static str, Box<dyn MessageDyn>);
+/// A topic, its event, and who to tell once containerd has it.
+type Event = (&'static str, Box<dyn MessageDyn>, Option<mpsc::Sender<()>>);
 
 pub struct EventQueue {
     tx: Mutex<Option<mpsc::Sender<Event>>>,
@@ -28,7 +29,7 @@ impl EventQueue {
             .name("events".into())
             .spawn(move || {
                 let mut publisher: Option<RemotePublisher> = None;
-                for (topic, event) in rx {
+                for (topic, event, sent) in rx {
                     let mut event = Some(event);
                     for attempt in 0..ATTEMPTS {
                         if publisher.is_none() {
@@ -50,6 +51,9 @@ impl EventQueue {
                             }
                         }
                     }
+                    if let Some(sent) = sent {
+                        let _ = sent.send(());
+                    }
                 }
             })
             .expect("spawn events thread");
@@ -61,7 +65,19 @@ impl EventQueue {
 
     pub fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
         if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            let _ = tx.send((topic, event));
+            let _ = tx.send((topic, event, None));
+        }
+    }
+
+    /// Publishes in order like `publish`, and waits (bounded) until containerd has the event:
+    /// for the events a client must see before the RPC that caused them returns (a client
+    /// that removes the container after Delete would otherwise see /containers/delete first).
+    pub fn publish_and_wait(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
+        let (sent_tx, sent_rx) = mpsc::channel();
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if tx.send((topic, event, Some(sent_tx))).is_ok() {
+                let _ = sent_rx.recv_timeout(std::time::Duration::from_secs(2));
+            }
         }
     }
 

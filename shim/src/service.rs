@@ -690,7 +690,7 @@ impl Service {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&req.id);
         run_poststop(&req.id, &c.plan.hooks);
-        self.events.publish(
+        self.events.publish_and_wait(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
                 container_id: req.id.clone(),
