@@ -130,13 +130,35 @@ struct Pod {
 }
 
 async fn run_pod(c: &mut Cri, handler: &str, tag: &str) -> Pod {
+    run_pod_with(c, handler, tag, None).await
+}
+
+/// Namespace options as kubelet sets them on both the pod and its containers.
+fn with_namespaces(ns: &Option<NamespaceOption>) -> Option<LinuxSandboxSecurityContext> {
+    ns.as_ref().map(|ns| LinuxSandboxSecurityContext {
+        namespace_options: Some(ns.clone()),
+        ..Default::default()
+    })
+}
+
+async fn run_pod_with(c: &mut Cri, handler: &str, tag: &str, ns: Option<NamespaceOption>) -> Pod {
     let e = common::cri_env();
     let name = common::unique_id(&format!("cri-{tag}-{handler}"));
     // cgroupfs driver: kubelet hands a parent below the hierarchy roots.
     let cgroup_parent = format!("/{name}");
     let logdir = e.workdir.join("pods").join(&name);
     fs::create_dir_all(&logdir).unwrap();
-    let config = pod_config(&name, &cgroup_parent, &logdir);
+    let mut config = pod_config(&name, &cgroup_parent, &logdir);
+    if let Some(linux) = config.linux.as_mut() {
+        linux.security_context = with_namespaces(&ns);
+    }
+    // As kubelet: a pod on the host's network keeps the host's UTS namespace and hostname.
+    if ns
+        .as_ref()
+        .is_some_and(|n| n.network == NamespaceMode::Node as i32)
+    {
+        config.hostname.clear();
+    }
     let r = ok(
         "RunPodSandbox",
         c.rt.run_pod_sandbox(RunPodSandboxRequest {
@@ -188,11 +210,25 @@ async fn start_container(
     command: &[&str],
     resources: LinuxContainerResources,
 ) -> (String, i32, String) {
+    let mut config = container_config(name, command, resources);
+    // The container shares the namespaces the pod asked for.
+    let pod_ns = pod
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    if let (Some(linux), Some(ns)) = (config.linux.as_mut(), pod_ns) {
+        linux.security_context = Some(LinuxContainerSecurityContext {
+            namespace_options: Some(ns),
+            ..Default::default()
+        });
+    }
     let r = ok(
         "CreateContainer",
         c.rt.create_container(CreateContainerRequest {
             pod_sandbox_id: pod.id.clone(),
-            config: Some(container_config(name, command, resources)),
+            config: Some(config),
             sandbox_config: Some(pod.config.clone()),
         })
         .await,
@@ -744,4 +780,85 @@ fn cri_oom_killed_rs() {
 fn cri_oom_killed_runc() {
     let _g = common::shared();
     oom_killed("runc");
+}
+
+/// A pod on the host's network (`hostNetwork: true`): its container sees the host's network
+/// namespace; ListContainerStats reports it. Then nothing is left.
+fn host_network_pod(handler: &str) {
+    block_on(async {
+        let mut c = connect().await;
+        let ns = NamespaceOption {
+            network: NamespaceMode::Node as i32,
+            pid: NamespaceMode::Container as i32,
+            ipc: NamespaceMode::Pod as i32,
+            ..Default::default()
+        };
+        let pod = run_pod_with(&mut c, handler, "hostnet", Some(ns)).await;
+        assert!(
+            pod.netns.is_none(),
+            "{handler}: a host-network pod got a netns: {:?}",
+            pod.netns
+        );
+        let shim = serving_shim(pod.pid).expect("sandbox has no shim ancestor");
+        let shim_argv0 = argv0(shim);
+        let (id, _, _) = start_container(
+            &mut c,
+            &pod,
+            "web",
+            &["sleep", "600"],
+            LinuxContainerResources::default(),
+        )
+        .await;
+        let (out, err, code) = exec_sync(&mut c, &id, &["readlink", "/proc/self/ns/net"]).await;
+        assert_eq!(code, 0, "{handler}: {err}");
+        let host = fs::read_link("/proc/self/ns/net").unwrap();
+        assert_eq!(
+            out.trim(),
+            host.to_string_lossy(),
+            "{handler}: not the host's network"
+        );
+        let stats = ok(
+            "ListContainerStats",
+            c.rt.list_container_stats(ListContainerStatsRequest {
+                filter: Some(ContainerStatsFilter {
+                    pod_sandbox_id: pod.id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await,
+        );
+        assert!(
+            stats
+                .stats
+                .iter()
+                .any(|s| s.attributes.as_ref().is_some_and(|a| a.id == id)),
+            "{handler}: ListContainerStats misses {id}: {:?}",
+            stats.stats
+        );
+        stop_remove_pod(&mut c, &pod, &[&id]).await;
+        let ids = [pod.id.as_str(), id.as_str()];
+        let mut last = Vec::new();
+        common::wait_until(common::SETTLE, || {
+            last = pod_leftovers(&pod, &ids, (shim, &shim_argv0));
+            last.is_empty()
+        });
+        assert!(
+            last.is_empty(),
+            "{handler}: leftovers:\n  {}",
+            last.join("\n  ")
+        );
+        remove_pod_cgroup_parent(&pod.cgroup_parent);
+    });
+}
+
+#[test]
+fn cri_host_network_pod_rs() {
+    let _g = common::shared();
+    host_network_pod("rs");
+}
+
+#[test]
+fn cri_host_network_pod_runc() {
+    let _g = common::shared();
+    host_network_pod("runc");
 }
