@@ -17,7 +17,7 @@ CONTAINERD_VERSIONS ?= 1.7.24 2.1.9
 MATRIX_TESTS ?= --test e2e_lifecycle --test e2e_exec --test e2e_stdio
 VERSIONS_SCRIPT := tests/harness/containerd-versions.sh
 
-.PHONY: all deps build install demo demo-run test test-matrix containerd-versions lint bench clean
+.PHONY: all deps build install demo demo-run test test-matrix containerd-versions lint bench clean fuzz
 
 all: build
 
