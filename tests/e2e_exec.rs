@@ -211,3 +211,24 @@ fn init_exit_is_published_after_running_execs_exit() {
         lines.join("\n")
     );
 }
+
+/// Kill with all=true signals every process of the container, not only the init.
+#[test]
+fn kill_all_reaches_every_process() {
+    let _serial = shared();
+    let c = Detached::start(
+        "killall",
+        &runtime(),
+        &[],
+        &["sh", "-c", "sleep 600 & sleep 600 & wait"],
+    );
+    let ps = ctr_ok(&["task", "ps", &c.0]);
+    assert_eq!(ps.lines().count(), 4, "init and two children:\n{ps}");
+    ctr_ok(&["task", "kill", "--all", "-s", "SIGKILL", &c.0]);
+    assert!(
+        wait_until(Duration::from_secs(10), || task_status(&c.0).as_deref()
+            == Some("STOPPED")),
+        "{:?}",
+        task_status(&c.0)
+    );
+}

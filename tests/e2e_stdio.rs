@@ -301,3 +301,59 @@ fn log_uris_binary_and_file() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// `ctr run -d -t` then `ctr task attach`: the shell keeps its terminal after ctr detaches,
+/// typed input reaches it, its output comes back and its exit code ends the attach.
+/// Same under runc.v2.
+#[test]
+fn attach_to_a_detached_terminal() {
+    let _serial = shared();
+    for rt in [runtime(), "io.containerd.runc.v2".to_owned()] {
+        let id = unique_id("attach");
+        let (_, code) = in_pty(
+            24,
+            80,
+            &ctr_cmdline(&["run", "-d", "-t", "--runtime", &rt, IMAGE, &id, "sh"]),
+        );
+        assert_eq!(code, 0, "{rt}: ctr run -d -t");
+        let cmd = ctr_cmdline(&["task", "attach", &id]);
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        stdin.write_all(b"echo attached-$((40+2))\n").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        stdin.write_all(b"exit 7\n").unwrap();
+        let (out, timed_out) = wait_output(child, Duration::from_secs(30));
+        drop(stdin);
+        let text = String::from_utf8_lossy(&out.stdout).replace('\0', "");
+        assert!(!timed_out, "{rt}: attach hung: {text}");
+        assert!(text.contains("attached-42"), "{rt}: {text}");
+        assert_eq!(exit_code(&out.status), 7, "{rt}: {text}");
+        remove_container(&id);
+        assert_no_leftovers(&id);
+    }
+}
+
+/// A detached container keeps running when it writes after ctr went away (no SIGPIPE):
+/// the shim holds the fifos open, as containerd's runc shim does.
+#[test]
+fn detached_output_does_not_kill_the_container() {
+    let _serial = shared();
+    let c = Detached::start(
+        "detout",
+        &runtime(),
+        &[],
+        &[
+            "sh",
+            "-c",
+            "sleep 0.5; echo after-detach; echo err >&2; sleep 600",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(task_status(&c.0).as_deref(), Some("RUNNING"));
+}

@@ -39,6 +39,8 @@ pub struct ProcessState {
     pub starting: bool,
     /// The stdio copies (stdin, terminal) of the running process.
     pub io: Option<Arc<crate::stdio::ProcessIo>>,
+    /// CloseIO came before the stdio existed.
+    pub stdin_closed: bool,
     /// The process exited before it was announced: publish its exit right after TaskCreate.
     pub exit_unpublished: bool,
 }
@@ -62,6 +64,7 @@ impl Default for Process {
                 announced: false,
                 starting: false,
                 io: None,
+                stdin_closed: false,
                 exit_unpublished: false,
             }),
             exited: Condvar::new(),
@@ -70,6 +73,21 @@ impl Default for Process {
 }
 
 impl ProcessState {
+    /// CloseIO for stdin, now or as soon as the process's stdio exists.
+    pub fn close_stdin(&mut self) {
+        self.stdin_closed = true;
+        if let Some(io) = &self.io {
+            io.close_stdin();
+        }
+    }
+
+    pub fn set_io(&mut self, io: Option<Arc<crate::stdio::ProcessIo>>) {
+        if let (Some(io), true) = (&io, self.stdin_closed) {
+            io.close_stdin();
+        }
+        self.io = io;
+    }
+
     /// Waits for the background cgroup move, if one is pending.
     pub fn finish_cgroup_join(&mut self) -> runtime::Result<()> {
         match self.cgroup_join.take() {

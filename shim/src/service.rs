@@ -338,7 +338,7 @@ impl Service {
 
         let mut s = init.lock();
         s.launched = Some(launched);
-        s.io = ready.ok().map(Arc::new);
+        s.set_io(ready.ok().map(Arc::new));
         self.containers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -587,7 +587,7 @@ impl Service {
             .map_err(Error::from)
             .and_then(|console| io.start(console))
             .and_then(|pio| {
-                e.process.lock().io = Some(Arc::new(pio));
+                e.process.lock().set_io(Some(Arc::new(pio)));
                 launched.start().map_err(Error::from)
             });
         if let Err(err) = ready {
@@ -1043,10 +1043,14 @@ impl Task for Service {
     }
 
     fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> ttrpc::Result<Empty> {
-        let r = self.io_of(&req.id, &req.exec_id).map(|io| {
+        let r = self.container(&req.id).and_then(|c| {
+            let process = self.process(&c, &req.exec_id)?;
             if req.stdin {
-                io.close_stdin();
+                // A client may close stdin before Start (ctr does for an exec whose input is
+                // already at EOF): remember it for when the process's stdio exists.
+                process.lock().close_stdin();
             }
+            Ok(())
         });
         reply("close_io", &req.id, r).map(|()| Empty::default())
     }

@@ -2,9 +2,12 @@
 //!
 //! - stdout/stderr without a terminal: the fifos are passed straight to the process, so no
 //!   copy runs in the shim and nothing is buffered here.
-//! - stdin: the process reads a pipe that a thread fills from the fifo. The process sees EOF
-//!   when the client closes its end of the fifo or sends CloseIO, never merely because the
-//!   client has not opened the fifo yet (the thread polls before it reads).
+//! - stdin: the process reads a pipe that a thread fills from the fifo. As containerd's runc
+//!   shim, the shim holds a writer of the fifo itself, so only CloseIO delivers EOF: a client
+//!   that detaches (`ctr run -d -t`) or has not opened the fifo yet is not taken for EOF, and
+//!   a later client (`ctr task attach`) can write to it.
+//! - the shim also holds a reader of each output fifo, so a process whose client detached
+//!   does not die of SIGPIPE; what it writes then waits in the fifo for the next client.
 //! - with a terminal: the pty master (sent by the process) is copied to the stdout fifo,
 //!   and the stdin fifo to the master.
 
@@ -150,7 +153,8 @@ fn clear_nonblock(f: &File) {
     }
 }
 
-fn open_output(field: &str, path: &str) -> Result<Option<File>> {
+/// The writer for the process, and a reader the shim keeps (see the module comment).
+fn open_output(field: &str, path: &str) -> Result<Option<(File, File)>> {
     if path.is_empty() {
         return Ok(None);
     }
@@ -169,12 +173,19 @@ fn open_output(field: &str, path: &str) -> Result<Option<File>> {
     }
     .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {e}")))?;
     clear_nonblock(&f);
-    Ok(Some(f))
+    let keep = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {e}")))?;
+    Ok(Some((f, keep)))
 }
 
-/// The read end of the stdin fifo, non-blocking.
+/// The read end of the stdin fifo (non-blocking), and a writer of our own: as containerd's
+/// runc shim, we hold one, so only CloseIO delivers EOF (a detached client does not).
 struct StdinFifo {
     reader: File,
+    keepalive: File,
 }
 
 fn open_stdin(path: &str) -> Result<Option<StdinFifo>> {
@@ -188,12 +199,18 @@ fn open_stdin(path: &str) -> Result<Option<StdinFifo>> {
         .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| Error::InvalidArgument(format!("stdin {path}: {e}")))?;
-    Ok(Some(StdinFifo { reader }))
+    // Cannot block or fail for want of a reader: ours is open.
+    let keepalive = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::InvalidArgument(format!("stdin {path}: {e}")))?;
+    Ok(Some(StdinFifo { reader, keepalive }))
 }
 
 /// Copies the stdin fifo into `to` until the client closes the fifo or `cancel` fires
-/// (CloseIO, or the process exited). A fifo that no writer has opened yet polls as not
-/// readable, so an early read cannot mistake "not connected" for EOF.
+/// (CloseIO, or the process exited), copying what is already in the fifo, then closes `to`
+/// (EOF for the process).
 fn forward_stdin(fifo: File, cancel: File, mut to: impl Write) {
     let mut buf = vec![0u8; 32 * 1024];
     let mut drain_and_stop = false;
@@ -282,16 +299,25 @@ pub struct LaunchIo {
     stdin: Option<StdinFifo>,
     stdin_pipe: Option<File>,
     terminal_out: Option<File>,
+    /// The shim's own readers of the output fifos.
+    kept: Vec<File>,
 }
 
 impl LaunchIo {
     /// Opens what containerd named for process `id` of `namespace`.
     pub fn open(paths: &StdioPaths, id: &str, namespace: &str) -> Result<LaunchIo> {
+        let mut kept = Vec::new();
+        let mut keep = |o: Option<(File, File)>| {
+            o.map(|(w, r)| {
+                kept.push(r);
+                w
+            })
+        };
         let stdin = open_stdin(&paths.stdin)?;
         let logged = open_log_uri(&paths.stdout, id, namespace)?;
         let (stdout, stderr) = match logged {
             Some((out, err)) => (Some(out), Some(err)),
-            None => (open_output("stdout", &paths.stdout)?, None),
+            None => (keep(open_output("stdout", &paths.stdout)?), None),
         };
         if paths.terminal {
             // One stream: containerd names no stderr for a terminal.
@@ -300,11 +326,12 @@ impl LaunchIo {
                 stdin,
                 stdin_pipe: None,
                 terminal_out: stdout,
+                kept,
             });
         }
         let stderr = match stderr {
             Some(e) => Some(e),
-            None => open_output("stderr", &paths.stderr)?,
+            None => keep(open_output("stderr", &paths.stderr)?),
         };
         let (child_in, stdin_pipe) = match &stdin {
             Some(_) => {
@@ -322,6 +349,7 @@ impl LaunchIo {
             stdin,
             stdin_pipe,
             terminal_out: None,
+            kept,
         })
     }
 
@@ -340,6 +368,7 @@ impl LaunchIo {
             stdin,
             stdin_pipe,
             terminal_out,
+            kept,
         } = self;
         let mut io = ProcessIo::default();
         // Our own handles on the output streams, to see them drained before the exit goes out.
@@ -362,7 +391,8 @@ impl LaunchIo {
             })?;
             io.output_done = Some(Mutex::new(rx));
         }
-        if let Some(StdinFifo { reader }) = stdin {
+        if let Some(StdinFifo { reader, keepalive }) = stdin {
+            io.stdin_keepalive = Mutex::new(Some(keepalive));
             let (cancel_rx, cancel_tx) = pipe()?;
             io.stdin_cancel = Mutex::new(Some(cancel_tx));
             match (&master, stdin_pipe) {
@@ -377,6 +407,7 @@ impl LaunchIo {
             }
         }
         io.console = master;
+        io.kept = Mutex::new(kept);
         Ok(io)
     }
 }
@@ -387,19 +418,32 @@ pub struct ProcessIo {
     console: Option<Arc<File>>,
     /// Closing it stops the stdin thread (after it copied what is already in the fifo).
     stdin_cancel: Mutex<Option<File>>,
+    /// Our writer of the stdin fifo, dropped at CloseIO.
+    stdin_keepalive: Mutex<Option<File>>,
     output_done: Option<Mutex<mpsc::Receiver<()>>>,
     /// Write ends of the stdout/stderr fifos (or pipes), held until the exit.
     outputs: Mutex<Vec<File>>,
+    /// See LaunchIo::kept; released at the exit.
+    kept: Mutex<Vec<File>>,
 }
 
 /// Waits (bounded) until the reader of a fifo or pipe has taken everything written to it:
 /// a client that stops reading when it learns of the exit must not lose the last output.
+/// Gives up early when nobody reads (a detached client): the data then stays in the fifo.
 fn wait_drained(f: &File, deadline: std::time::Instant) {
+    const STALL: Duration = Duration::from_millis(100);
+    let (mut last, mut since) = (libc::c_int::MAX, std::time::Instant::now());
     loop {
         let mut pending: libc::c_int = 0;
         // SAFETY: FIONREAD writes an int we own.
         let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut pending) };
-        if r != 0 || pending == 0 || std::time::Instant::now() >= deadline {
+        let now = std::time::Instant::now();
+        if r != 0 || pending == 0 || now >= deadline {
+            return;
+        }
+        if pending < last {
+            (last, since) = (pending, now);
+        } else if now.duration_since(since) >= STALL {
             return;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -417,6 +461,10 @@ impl std::fmt::Debug for ProcessIo {
 impl ProcessIo {
     /// CloseIO (and process exit): stdin is closed once what the client wrote is copied.
     pub fn close_stdin(&self) {
+        self.stdin_keepalive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         self.stdin_cancel
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -449,5 +497,6 @@ impl ProcessIo {
         for f in &outputs {
             wait_drained(f, deadline);
         }
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
