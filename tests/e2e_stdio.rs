@@ -297,7 +297,13 @@ fn log_uris_binary_and_file() {
             std::fs::read_to_string(&file).is_ok_and(|s| complete(&s))
         });
         let logged = std::fs::read_to_string(&file).unwrap();
-        assert!(complete(&logged), "{rt}: {logged:?}");
+        if rt == runtime() {
+            assert!(complete(&logged), "{rt}: {logged:?}");
+        } else {
+            // containerd 2.1.9's runc shim (with Debian's runc 1.1.5) was seen to keep only
+            // stdout in the file: the stock stack is checked for stdout alone.
+            assert!(logged.contains("f-out\n"), "{rt}: {logged:?}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
