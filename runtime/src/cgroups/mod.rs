@@ -14,6 +14,7 @@ use std::{
 use oci_spec::runtime::{Linux, LinuxDeviceCgroup, LinuxDeviceType};
 use serde::{Deserialize, Serialize};
 
+pub mod devices_bpf;
 pub mod live;
 pub mod resources;
 
@@ -125,6 +126,10 @@ pub struct CgroupPlan {
     pub cpuset_dir: Option<PathBuf>,
     /// The v1 devices directory and the rules to write there, in order.
     pub devices_dir: Option<PathBuf>,
+    /// Without a v1 devices controller: the cgroup v2 directory that gets the rules as an
+    /// eBPF device program (see devices_bpf).
+    #[serde(default)]
+    pub bpf_devices_dir: Option<PathBuf>,
     pub device_rules: Vec<DeviceRule>,
     /// Resource limits, written in order before the init joins.
     pub writes: Vec<CgroupWrite>,
@@ -268,10 +273,17 @@ pub fn plan_cgroup(
     }
     if !plan.device_rules.is_empty() {
         if plan.devices_dir.is_none() {
-            return Err(Error::unsupported(
-                "linux.resources.devices",
-                "device rules need the v1 devices controller (cgroup v2 device programs are not implemented yet)",
-            ));
+            plan.bpf_devices_dir = layout
+                .hierarchies
+                .iter()
+                .find(|h| h.unified)
+                .map(|h| h.mountpoint.join(&rel));
+            if plan.bpf_devices_dir.is_none() {
+                return Err(Error::unsupported(
+                    "linux.resources.devices",
+                    "the host has neither a v1 devices controller nor a cgroup2 hierarchy",
+                ));
+            }
         }
         plan.device_rules
             .extend(ALWAYS_ALLOWED.iter().map(|r| DeviceRule {
@@ -338,6 +350,9 @@ pub fn create(plan: &CgroupPlan) -> Result<()> {
     }
     if let Some(dir) = &plan.cpuset_dir {
         inherit_cpuset(dir)?;
+    }
+    if let Some(dir) = &plan.bpf_devices_dir {
+        devices_bpf::attach(dir, &plan.device_rules)?;
     }
     if let Some(dir) = &plan.devices_dir {
         for r in &plan.device_rules {
@@ -592,6 +607,22 @@ mod tests {
             serde_json::from_str(r#"{"resources":{"memory":{"swappiness":10}}}"#).unwrap();
         let e = plan_cgroup(&bad, "c", &[], &l).unwrap_err().to_string();
         assert!(e.contains("linux.resources.memory.swappiness"), "{e}");
+    }
+
+    #[test]
+    fn device_rules_on_a_v2_only_host_become_an_ebpf_program_on_the_container_cgroup() {
+        let l = Layout::parse("35 30 0:31 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        let linux: Linux = serde_json::from_str(
+            r#"{"cgroupsPath":"/k/c","resources":{"devices":[{"allow":false,"access":"rwm"}]}}"#,
+        )
+        .unwrap();
+        let plan = plan_cgroup(&linux, "c", &[], &l).unwrap();
+        assert_eq!(plan.devices_dir, None);
+        assert_eq!(
+            plan.bpf_devices_dir,
+            Some(PathBuf::from("/sys/fs/cgroup/k/c"))
+        );
+        devices_bpf::program(&plan.device_rules).unwrap();
     }
 
     #[test]
