@@ -7,8 +7,27 @@ use std::{
 };
 
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim_protos::{protobuf::MessageDyn, ttrpc::context::Context};
+use containerd_shim_protos::{
+    protobuf::{well_known_types::timestamp::Timestamp, MessageDyn},
+    ttrpc::context::Context,
+};
 use log::warn;
+
+/// A protobuf timestamp from nanoseconds since the Unix epoch.
+pub fn timestamp(nanos: u64) -> Timestamp {
+    Timestamp {
+        seconds: (nanos / 1_000_000_000) as i64,
+        nanos: (nanos % 1_000_000_000) as i32,
+        ..Default::default()
+    }
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
 
 /// A topic, its event, and who to tell once containerd has it.
 type Event = (&'static str, Box<dyn MessageDyn>, Option<mpsc::Sender<()>>);

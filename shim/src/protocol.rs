@@ -20,10 +20,7 @@ use std::{
 use containerd_shim::Flags;
 use containerd_shim_protos::{
     api::DeleteResponse,
-    protobuf::{
-        well_known_types::{any::Any, timestamp::Timestamp},
-        Message, MessageField,
-    },
+    protobuf::{well_known_types::any::Any, Message, MessageField},
     ttrpc::Server,
     types::introspection::{RuntimeInfo, RuntimeVersion},
 };
@@ -32,7 +29,7 @@ use runtime::launch::Zygote;
 
 use crate::{
     bootstrap::{self, StartConfig},
-    events::EventQueue,
+    events::{self, EventQueue},
     exits::ExitMonitor,
     logger,
     service::{Service, ShutdownSignal},
@@ -300,17 +297,10 @@ fn delete(flags: &Flags) -> Result<(), String> {
             eprintln!("{RUNTIME_NAME}: warning: {}: {e}", s.id);
         }
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
     let response = DeleteResponse {
         pid: state.map_or(0, |s| s.pid as u32),
         exit_status: 128 + libc::SIGKILL as u32,
-        exited_at: MessageField::some(Timestamp {
-            seconds: now.as_secs() as i64,
-            nanos: now.subsec_nanos() as i32,
-            ..Default::default()
-        }),
+        exited_at: MessageField::some(events::timestamp(events::now_nanos())),
         ..Default::default()
     };
     let bytes = response.write_to_bytes().map_err(|e| e.to_string())?;

@@ -21,10 +21,7 @@ use containerd_shim_protos::{
         TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
     },
     events::task::{TaskPaused, TaskResumed},
-    protobuf::{
-        well_known_types::{any::Any, timestamp::Timestamp},
-        EnumOrUnknown, Message, MessageField,
-    },
+    protobuf::{well_known_types::any::Any, EnumOrUnknown, Message, MessageField},
     shim::oci::ProcessDetails,
     shim::shim_ttrpc::Task,
     topics,
@@ -43,7 +40,7 @@ use runtime::{
 use crate::{
     container::{Container, ExecProcess, ExitOrder, Process, Status, StdioPaths},
     error::{Error, Result},
-    events::EventQueue,
+    events::{timestamp, EventQueue},
     exits::ExitMonitor,
     oom::OomWatcher,
     options::RuntimeOptions,
@@ -77,14 +74,6 @@ pub struct Service {
     shutdown: Arc<ShutdownSignal>,
     /// None if its descriptors could not be created (logged): no OOM events then.
     oom: Option<OomWatcher>,
-}
-
-fn timestamp(nanos: u64) -> Timestamp {
-    Timestamp {
-        seconds: (nanos / 1_000_000_000) as i64,
-        nanos: (nanos % 1_000_000_000) as i32,
-        ..Default::default()
-    }
 }
 
 /// Mounts what containerd prepared (usually one overlay) onto `<bundle>/rootfs`.
@@ -256,10 +245,7 @@ impl Service {
                 let mut s = watched.set_exited(exit);
                 if !own_pidns {
                     // Without its own pid namespace nothing else dies with the init: we kill.
-                    for pid in cgroups::pids(&cgroup) {
-                        // SAFETY: kill(2) has no memory-safety preconditions.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
+                    cgroups::kill_all(&cgroup, libc::SIGKILL);
                 }
                 if !s.announced {
                     s.exit_unpublished = true;

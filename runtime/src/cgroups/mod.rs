@@ -393,15 +393,21 @@ pub fn pids(plan: &CgroupPlan) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// Sends `signal` to every process in the container's cgroup; processes already gone are
+/// fine.
+pub fn kill_all(plan: &CgroupPlan, signal: i32) {
+    for pid in pids(plan) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
 /// SIGKILLs everything in the cgroup and removes its directories, retrying briefly while
 /// the kernel finishes tearing the processes down. Missing directories are fine.
 pub fn destroy(plan: &CgroupPlan) -> Result<()> {
     let mut last_err = None;
     for attempt in 0..200 {
-        for pid in pids(plan) {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+        kill_all(plan, libc::SIGKILL);
         last_err = None;
         for dir in &plan.dirs {
             match fs::remove_dir(dir) {
