@@ -413,6 +413,20 @@ fn pod_leftovers(pod: &Pod, ids: &[&str], (shim, shim_argv0): (i32, &str)) -> Ve
 
 /// kubelet removes a pod's cgroup parent itself once the pod is gone: rmdir must
 /// succeed everywhere (nothing of the pod left inside).
+/// Waits (bounded) until nothing of the pod remains, then asserts it.
+fn assert_pod_gone(handler: &str, pod: &Pod, ids: &[&str], shim: (i32, &str)) {
+    let mut last = Vec::new();
+    common::wait_until(common::SETTLE, || {
+        last = pod_leftovers(pod, ids, shim);
+        last.is_empty()
+    });
+    assert!(
+        last.is_empty(),
+        "{handler}: leftovers:\n  {}",
+        last.join("\n  ")
+    );
+}
+
 fn remove_pod_cgroup_parent(parent: &str) {
     let rd = fs::read_dir("/sys/fs/cgroup").unwrap();
     for d in rd.flatten() {
@@ -665,16 +679,7 @@ fn pod_lifecycle(handler: &str) {
         // Teardown as kubelet does it; then nothing of the pod may remain.
         stop_remove_pod(&mut c, &pod, &[&c1, &c2]).await;
         let ids = [pod.id.as_str(), c1.as_str(), c2.as_str()];
-        let mut last = Vec::new();
-        common::wait_until(common::SETTLE, || {
-            last = pod_leftovers(&pod, &ids, (shim, &shim_argv0));
-            last.is_empty()
-        });
-        assert!(
-            last.is_empty(),
-            "{handler}: leftovers:\n  {}",
-            last.join("\n  ")
-        );
+        assert_pod_gone(handler, &pod, &ids, (shim, &shim_argv0));
         let listed = ok(
             "ListContainers",
             c.rt.list_containers(ListContainersRequest { filter: None })
@@ -756,16 +761,7 @@ fn oom_killed(handler: &str) {
 
         stop_remove_pod(&mut c, &pod, &[&id]).await;
         let ids = [pod.id.as_str(), id.as_str()];
-        let mut last = Vec::new();
-        common::wait_until(common::SETTLE, || {
-            last = pod_leftovers(&pod, &ids, (shim, &shim_argv0));
-            last.is_empty()
-        });
-        assert!(
-            last.is_empty(),
-            "{handler}: leftovers:\n  {}",
-            last.join("\n  ")
-        );
+        assert_pod_gone(handler, &pod, &ids, (shim, &shim_argv0));
         remove_pod_cgroup_parent(&pod.cgroup_parent);
     });
 }
@@ -837,16 +833,7 @@ fn host_network_pod(handler: &str) {
         );
         stop_remove_pod(&mut c, &pod, &[&id]).await;
         let ids = [pod.id.as_str(), id.as_str()];
-        let mut last = Vec::new();
-        common::wait_until(common::SETTLE, || {
-            last = pod_leftovers(&pod, &ids, (shim, &shim_argv0));
-            last.is_empty()
-        });
-        assert!(
-            last.is_empty(),
-            "{handler}: leftovers:\n  {}",
-            last.join("\n  ")
-        );
+        assert_pod_gone(handler, &pod, &ids, (shim, &shim_argv0));
         remove_pod_cgroup_parent(&pod.cgroup_parent);
     });
 }

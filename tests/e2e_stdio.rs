@@ -117,6 +117,27 @@ fn in_pty(rows: u16, cols: u16, cmd: &str) -> (String, i32) {
     )
 }
 
+/// Runs `cmd` in a pseudo-terminal and types `lines` into it, one every half second after
+/// the command had time to start; returns (output without NULs, exit code, timed out).
+fn type_into_pty(cmd: &str, lines: &[&[u8]]) -> (String, i32, bool) {
+    let mut child = Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for line in lines {
+        std::thread::sleep(Duration::from_millis(500));
+        stdin.write_all(line).unwrap();
+    }
+    let (out, timed_out) = wait_output(child, Duration::from_secs(30));
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out.stdout).replace('\0', "");
+    (text, exit_code(&out.status), timed_out)
+}
+
 fn ctr_cmdline(args: &[&str]) -> String {
     let e = env();
     let mut s = format!(
@@ -198,18 +219,7 @@ fn input_typed_into_a_terminal_reaches_the_process() {
         "-c",
         "read line; echo got:$line",
     ]);
-    let mut child = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    std::thread::sleep(Duration::from_millis(800));
-    stdin.write_all(b"hello-tty\n").unwrap();
-    let (out, timed_out) = wait_output(child, Duration::from_secs(30));
-    drop(stdin);
-    let out = String::from_utf8_lossy(&out.stdout).replace('\0', "");
+    let (out, _, timed_out) = type_into_pty(&cmd, &[b"hello-tty\n"]);
     assert!(!timed_out, "{out}");
     assert!(out.contains("got:hello-tty"), "{out}");
 }
@@ -323,23 +333,11 @@ fn attach_to_a_detached_terminal() {
         );
         assert_eq!(code, 0, "{rt}: ctr run -d -t");
         let cmd = ctr_cmdline(&["task", "attach", &id]);
-        let mut child = Command::new("script")
-            .args(["-qec", &cmd, "/dev/null"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        std::thread::sleep(Duration::from_millis(800));
-        stdin.write_all(b"echo attached-$((40+2))\n").unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        stdin.write_all(b"exit 7\n").unwrap();
-        let (out, timed_out) = wait_output(child, Duration::from_secs(30));
-        drop(stdin);
-        let text = String::from_utf8_lossy(&out.stdout).replace('\0', "");
+        let (text, code, timed_out) =
+            type_into_pty(&cmd, &[b"echo attached-$((40+2))\n", b"exit 7\n"]);
         assert!(!timed_out, "{rt}: attach hung: {text}");
         assert!(text.contains("attached-42"), "{rt}: {text}");
-        assert_eq!(exit_code(&out.status), 7, "{rt}: {text}");
+        assert_eq!(code, 7, "{rt}: {text}");
         remove_container(&id);
         assert_no_leftovers(&id);
     }
