@@ -5,7 +5,11 @@
 //! v1 semantics, which the program reproduces: an "a" rule (all devices) sets the default
 //! and forgets earlier rules; later rules are exceptions, the last matching one wins.
 
-use std::{fs::File, os::fd::AsRawFd, path::Path};
+use std::{
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
+};
 
 use super::DeviceRule;
 use crate::{Error, Result};
@@ -196,32 +200,58 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
     }
 }
 
-/// Loads the program for `rules` and attaches it to the cgroup v2 directory `dir`. It stays
-/// attached (and enforced) for the cgroup's life, after our descriptors are closed.
-pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<()> {
-    let prog = program(rules)?;
+/// One BPF_PROG_LOAD of `prog`; with a non-empty `log`, the verifier writes its log there.
+fn try_load(prog: &[Insn], log: &mut [u8]) -> std::io::Result<OwnedFd> {
     let license = c"Apache-2.0";
-    let mut log = vec![0u8; 4096];
-    let mut load = ProgLoadAttr {
+    let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: prog.len() as u32,
         insns: prog.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
+        log_level: u32::from(!log.is_empty()),
         log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
         ..Default::default()
     };
-    let fd = bpf(BPF_PROG_LOAD, &mut load).map_err(|e| {
-        let msg = String::from_utf8_lossy(&log);
-        Error::Other(format!(
-            "linux.resources.devices: load the cgroup v2 device program: {e}: {}",
-            msg.trim_end_matches('\0').trim()
-        ))
-    })?;
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
     // SAFETY: the descriptor bpf(2) returned is ours.
-    let prog_fd =
-        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Loads `prog` into the kernel and returns its descriptor.
+///
+/// The first attempt asks for no verifier log: with a log level set, kernels before 6.4 fail
+/// the load with ENOSPC as soon as the log outgrows its buffer, even for a valid program
+/// (Debian 12's 6.1 does so for an allowlist of ordinary size). Only a failed load is
+/// repeated with a log, to say why.
+fn load(prog: &[Insn]) -> Result<OwnedFd> {
+    let e = match try_load(prog, &mut []) {
+        Ok(fd) => return Ok(fd),
+        Err(e) => e,
+    };
+    let mut log = vec![0u8; 1 << 20];
+    if let Ok(fd) = try_load(prog, &mut log) {
+        return Ok(fd); // a transient failure
+    }
+    let text = String::from_utf8_lossy(&log);
+    // The verifier's conclusion is at the end of its log.
+    let lines: Vec<&str> = text.trim_end_matches('\0').trim().lines().collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join("; ");
+    Err(Error::Other(format!(
+        "linux.resources.devices: load the cgroup v2 device program ({} instructions): {e}: {tail}",
+        prog.len()
+    )))
+}
+
+/// Loads the program for `rules` and attaches it to the cgroup v2 directory `dir`. It stays
+/// attached (and enforced) for the cgroup's life, after our descriptors are closed.
+pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<()> {
+    let prog = program(rules)?;
+    let prog_fd = load(&prog)?;
     let cgroup = File::open(dir).map_err(|e| Error::io(dir, e))?;
     let mut at = ProgAttachAttr {
         target_fd: cgroup.as_raw_fd() as u32,

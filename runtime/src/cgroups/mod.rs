@@ -133,6 +133,10 @@ pub struct CgroupPlan {
     pub device_rules: Vec<DeviceRule>,
     /// Resource limits, written in order before the init joins.
     pub writes: Vec<CgroupWrite>,
+    /// The cgroup2 mountpoint when the container has a directory below it: every ancestor
+    /// of that directory must delegate its controllers (`cgroup.subtree_control`).
+    #[serde(default)]
+    pub unified_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +253,11 @@ impl CgroupPlan {
                 .collect(),
             cpuset_dir: layout.v1("cpuset").map(|h| h.mountpoint.join(rel)),
             devices_dir: layout.v1("devices").map(|h| h.mountpoint.join(rel)),
+            unified_root: layout
+                .hierarchies
+                .iter()
+                .find(|h| h.unified)
+                .map(|h| h.mountpoint.clone()),
             ..Default::default()
         }
     }
@@ -342,11 +351,46 @@ fn inherit_cpuset(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Enables every controller the cgroup2 root offers in each ancestor of `dir` below `root`,
+/// top down, as runc does: a controller's files appear in a cgroup only when its parent
+/// delegates it. Controllers that cannot be enabled (an ancestor with processes of its own,
+/// a controller another manager withholds) are left out; writing their limits fails later
+/// with the field named.
+fn enable_controllers(root: &Path, dir: &Path) {
+    let Ok(rel) = dir.strip_prefix(root) else {
+        return;
+    };
+    let offered = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let mut cur = root.to_path_buf();
+    let mut below = rel.parent().into_iter().flat_map(Path::components);
+    loop {
+        let control = cur.join("cgroup.subtree_control");
+        let enabled = fs::read_to_string(&control).unwrap_or_default();
+        let missing: Vec<String> = offered
+            .split_whitespace()
+            .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !missing.is_empty() && write_file(&control, &missing.join(" ")).is_err() {
+            for m in &missing {
+                let _ = write_file(&control, m);
+            }
+        }
+        match below.next() {
+            Some(part) => cur.push(part),
+            None => return,
+        }
+    }
+}
+
 /// Creates the cgroups and writes the device rules and resource limits. Cheap: no process
 /// moves yet (see [`join`]).
 pub fn create(plan: &CgroupPlan) -> Result<()> {
     for dir in &plan.dirs {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if let Some(root) = &plan.unified_root {
+            enable_controllers(root, dir);
+        }
     }
     if let Some(dir) = &plan.cpuset_dir {
         inherit_cpuset(dir)?;
