@@ -429,3 +429,53 @@ fn devices_outside_the_allowlist_cannot_be_opened() {
         assert_no_leftovers(&id);
     }
 }
+
+/// On a cgroup v2-only host the init and every exec are born in the container's cgroup
+/// (clone3 with CLONE_INTO_CGROUP): none of its processes is ever moved there, so none runs
+/// a single instruction outside it. On a host with v1 hierarchies the kernel cannot do that
+/// (CLONE_INTO_CGROUP is cgroup2's), and the shim moves them (cgroup.procs) before they exec.
+#[test]
+fn processes_are_born_in_their_cgroup_on_cgroup_v2() {
+    if !testing_our_shim() {
+        eprintln!("skipped for {}: runc moves processes into their cgroup by writing cgroup.procs; this asserts our shim's design", runtime());
+        return;
+    }
+    let _serial = exclusive();
+    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let mut id = String::new();
+    let trace = trace_containerd("clone3,openat", || {
+        let c = Running::start("born", &[], &["sleep", "600"]);
+        ctr_ok(&["task", "exec", "--exec-id", "born-exec", &c.0, "true"]);
+        id = c.0.clone();
+    });
+    let into: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("clone3(") && l.contains("CLONE_INTO_CGROUP"))
+        .collect();
+    let moves: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains(&format!("{id}/cgroup.procs")) && l.contains("O_WRONLY"))
+        .collect();
+    if unified {
+        assert!(
+            into.len() >= 2,
+            "expected the init and the exec cloned into their cgroup, got:\n{}",
+            into.join("\n")
+        );
+        assert!(
+            moves.is_empty(),
+            "a process of {id} was moved into its cgroup:\n{}",
+            moves.join("\n")
+        );
+    } else {
+        assert!(
+            into.is_empty(),
+            "CLONE_INTO_CGROUP on a host with v1 hierarchies:\n{}",
+            into.join("\n")
+        );
+        assert!(
+            !moves.is_empty(),
+            "no cgroup.procs write for {id}: how did its processes get into their cgroup?"
+        );
+    }
+}

@@ -389,46 +389,14 @@ fn execves(trace: &str) -> Vec<(String, String)> {
 #[test]
 fn no_external_runtime_is_executed() {
     let _serial = exclusive();
-    let strace = find_on_path("strace").expect("strace missing: apt-get install strace");
     let e = env();
     let id = unique_id("strace");
-    let trace_file = e.workdir.join(format!("strace-{id}.txt"));
-    let child = std::process::Command::new(&strace)
-        .args(["-f", "-qq", "-s", "1024", "-e", "trace=execve", "-o"])
-        .arg(&trace_file)
-        .arg("-p")
-        .arg(e.containerd_pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn strace");
-    let mut st = Background(Some(child));
-    let tracer = st.pid();
-    // Attached when every thread of containerd has strace as its tracer.
-    let attached = wait_until(Duration::from_secs(15), || {
-        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", e.containerd_pid)) else {
-            return false;
-        };
-        tasks.flatten().all(|t| {
-            fs::read_to_string(t.path().join("status"))
-                .map(|s| s.lines().any(|l| l == format!("TracerPid:\t{tracer}")))
-                .unwrap_or(false)
-        })
+    let mut result = (String::new(), String::new(), -1);
+    let trace = trace_containerd("execve", || {
+        result = run(&runtime(), &id, &["echo", "traced"]);
     });
-    assert!(
-        attached,
-        "strace did not attach to containerd {}",
-        e.containerd_pid
-    );
-
-    let (out, err, code) = run(&runtime(), &id, &["echo", "traced"]);
-    // Detach (SIGINT makes strace detach cleanly and flush).
-    let status = st.stop(libc::SIGINT, Duration::from_secs(10));
+    let (out, err, code) = result;
     assert_eq!((out.as_str(), code), ("traced\n", 0), "stderr: {err}");
-    assert!(status.is_some(), "strace did not exit");
-
-    let trace = fs::read_to_string(&trace_file).expect("strace output");
     let execs = execves(&trace);
     let base = |p: &str| {
         Path::new(p)
@@ -489,6 +457,5 @@ fn no_external_runtime_is_executed() {
             execs.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>()
         );
     }
-    let _ = fs::remove_file(&trace_file);
     assert_no_leftovers(&id);
 }

@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -263,9 +264,12 @@ impl Service {
             }
         };
         let t_cgroup = t0.elapsed();
-        let launched = self.zygote.launch(&plan, io.fds(), |pid| {
-            init.lock().pid = pid;
-            self.exits.watch(pid, on_exit);
+        let launched = cgroups::open_birth_cgroup(&plan.cgroup).and_then(|birth| {
+            self.zygote
+                .launch(&plan, io.fds(), birth.as_ref().map(|f| f.as_fd()), |pid| {
+                    init.lock().pid = pid;
+                    self.exits.watch(pid, on_exit);
+                })
         });
         let launched = match launched {
             Ok(l) => l,
@@ -275,8 +279,10 @@ impl Service {
             }
         };
         let pid = launched.pid;
-        let cgroup = plan.cgroup.clone();
-        init.lock().cgroup_join = Some(std::thread::spawn(move || cgroups::join(&cgroup, pid)));
+        if !launched.in_cgroup {
+            let cgroup = plan.cgroup.clone();
+            init.lock().cgroup_join = Some(std::thread::spawn(move || cgroups::join(&cgroup, pid)));
+        }
         let t_launched = t0.elapsed();
         let persisted = ContainerState {
             id: id.clone(),
@@ -556,20 +562,29 @@ impl Service {
                 }
             }
         };
-        let launched = self.zygote.launch(&plan, io.fds(), |pid| {
-            e.process.lock().pid = pid;
-            self.exits.watch(pid, on_exit);
-        });
+        let launched = cgroups::open_birth_cgroup(&plan.cgroup)
+            .map_err(Error::from)
+            .and_then(|birth| {
+                self.zygote
+                    .launch(&plan, io.fds(), birth.as_ref().map(|f| f.as_fd()), |pid| {
+                        e.process.lock().pid = pid;
+                        self.exits.watch(pid, on_exit);
+                    })
+                    .map_err(Error::from)
+            });
         let fail = |err: Error| {
             e.process.lock().starting = false;
             err
         };
-        let launched = launched.map_err(|err| fail(err.into()))?;
+        let launched = launched.map_err(fail)?;
         let pid = launched.pid;
         // Setup errors first (they say more than a failed cgroup move of a dead process).
         let ready = launched
             .wait_ready(|| Ok(())) // execs have no create hooks
-            .and_then(|console| cgroups::join(&plan.cgroup, pid).map(|()| console))
+            .and_then(|console| match launched.in_cgroup {
+                true => Ok(console),
+                false => cgroups::join(&plan.cgroup, pid).map(|()| console),
+            })
             .map_err(Error::from)
             .and_then(|console| io.start(console))
             .and_then(|pio| {

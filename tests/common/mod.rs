@@ -564,6 +564,51 @@ impl Drop for Background {
     }
 }
 
+/// Runs `during` while strace follows our containerd and every process it starts (shims,
+/// runtimes, containers), tracing `syscalls` (strace's `-e trace=` list); returns the trace.
+pub fn trace_containerd(syscalls: &str, during: impl FnOnce()) -> String {
+    let strace = find_on_path("strace").expect("strace missing: apt-get install strace");
+    let e = env();
+    let trace_file = e.workdir.join(format!("strace-{}.txt", unique_id("trace")));
+    let child = Command::new(&strace)
+        .args(["-f", "-qq", "-s", "1024", "-e"])
+        .arg(format!("trace={syscalls}"))
+        .arg("-o")
+        .arg(&trace_file)
+        .arg("-p")
+        .arg(e.containerd_pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn strace");
+    let mut st = Background(Some(child));
+    let tracer = st.pid();
+    // Attached when every thread of containerd has strace as its tracer.
+    let attached = wait_until(Duration::from_secs(30), || {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", e.containerd_pid)) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            fs::read_to_string(t.path().join("status"))
+                .map(|s| s.lines().any(|l| l == format!("TracerPid:\t{tracer}")))
+                .unwrap_or(false)
+        })
+    });
+    assert!(
+        attached,
+        "strace did not attach to containerd {}",
+        e.containerd_pid
+    );
+    during();
+    // Detach (SIGINT makes strace detach cleanly and flush).
+    let status = st.stop(libc::SIGINT, Duration::from_secs(10));
+    assert!(status.is_some(), "strace did not exit");
+    let trace = fs::read_to_string(&trace_file).expect("strace output");
+    let _ = fs::remove_file(&trace_file);
+    trace
+}
+
 /// Last lines of our containerd's log, for failure messages.
 pub fn containerd_log_tail(n: usize) -> String {
     let Some(Ok(e)) = ENV.get() else {

@@ -418,6 +418,21 @@ pub fn create(plan: &CgroupPlan) -> Result<()> {
     Ok(())
 }
 
+/// The cgroup a process can be born in (clone3 CLONE_INTO_CGROUP): on a cgroup v2-only host,
+/// the container's one directory, opened. None where the container spans v1 hierarchies too;
+/// its processes are moved with [`join`] then.
+pub fn open_birth_cgroup(plan: &CgroupPlan) -> Result<Option<std::os::fd::OwnedFd>> {
+    let (Some(root), [dir]) = (&plan.unified_root, &plan.dirs[..]) else {
+        return Ok(None);
+    };
+    if !dir.starts_with(root) {
+        return Ok(None);
+    }
+    fs::File::open(dir)
+        .map(|f| Some(f.into()))
+        .map_err(|e| Error::io(dir, e))
+}
+
 /// Moves process `pid` (0: the caller) into every hierarchy of the container's cgroup.
 /// The first move may wait for an RCU grace period, which is why the shim does this in the
 /// background while the init builds its rootfs, and holds the exec until it is done.

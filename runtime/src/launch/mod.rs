@@ -47,6 +47,9 @@ pub enum ShimMessage {
 #[derive(Debug)]
 pub struct Launched {
     pub pid: i32,
+    /// Born in the cgroup v2 directory the launch asked for (clone3 CLONE_INTO_CGROUP); false
+    /// when none was asked or the kernel cannot, and then the caller moves the process.
+    pub in_cgroup: bool,
     channel: Channel,
     /// Where a seccomp notify fd goes, when the plan's filter notifies.
     seccomp_listener: Option<ListenerPlan>,
@@ -56,6 +59,7 @@ impl Launched {
     fn new(pid: i32, channel: Channel, plan: &crate::plan::LaunchPlan) -> Self {
         Launched {
             pid,
+            in_cgroup: false,
             channel,
             seccomp_listener: plan.seccomp.as_ref().and_then(|s| s.listener.clone()),
         }

@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashSet,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     sync::Mutex,
 };
 
@@ -14,8 +14,12 @@ use crate::{plan::LaunchPlan, Error, Result};
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
-    /// Comes with three descriptors: the init's stdin, stdout and stderr.
-    Launch { plan: Box<LaunchPlan> },
+    /// Comes with the init's stdin, stdout and stderr, then (with `into_cgroup`) the cgroup
+    /// v2 directory the init is to be born in.
+    Launch {
+        plan: Box<LaunchPlan>,
+        into_cgroup: bool,
+    },
 }
 
 /// An exit of a process the launcher started: sent on the exit channel, in reaping order.
@@ -33,6 +37,8 @@ enum Reply {
     /// Comes with one descriptor: the shim's end of the init's channel.
     Launched {
         pid: i32,
+        /// Born in the cgroup it was sent: no move needed.
+        in_cgroup: bool,
     },
     Failed {
         error: String,
@@ -85,27 +91,36 @@ impl Zygote {
             .map(ExitChannel)
     }
 
-    /// Clones a new container init for `plan` with the given stdio. `register` runs with the
-    /// new pid before any other launch can happen, so the caller can record the pid before a
-    /// reused pid could ever be reported.
+    /// Clones a new container init for `plan` with the given stdio, born in the cgroup v2
+    /// directory `cgroup` where the kernel can (see [`Launched::in_cgroup`]). `register` runs
+    /// with the new pid before any other launch can happen, so the caller can record the pid
+    /// before a reused pid could ever be reported.
     pub fn launch(
         &self,
         plan: &LaunchPlan,
         stdio: [BorrowedFd<'_>; 3],
+        cgroup: Option<BorrowedFd<'_>>,
         register: impl FnOnce(i32),
     ) -> Result<Launched> {
         let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
-        let fds = stdio.map(|f| f.as_raw_fd());
+        let fds: Vec<_> = stdio
+            .iter()
+            .chain(cgroup.as_ref())
+            .map(|f| f.as_raw_fd())
+            .collect();
         channel.send(
             &Request::Launch {
                 plan: Box::new(plan.clone()),
+                into_cgroup: cgroup.is_some(),
             },
             &fds,
         )?;
         match channel.recv::<Reply>()? {
-            Some((Reply::Launched { pid }, mut fds)) if fds.len() == 1 => {
+            Some((Reply::Launched { pid, in_cgroup }, mut fds)) if fds.len() == 1 => {
                 register(pid);
-                Ok(Launched::new(pid, Channel::from(fds.pop().unwrap()), plan))
+                let mut launched = Launched::new(pid, Channel::from(fds.pop().unwrap()), plan);
+                launched.in_cgroup = in_cgroup;
+                Ok(launched)
             }
             Some((Reply::Failed { error }, _)) => Err(Error::Init(error)),
             Some(_) => Err(Error::Other("launcher sent a malformed reply".into())),
@@ -186,12 +201,17 @@ fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
         let reply = match channel.recv::<Request>() {
             Ok(None) => std::process::exit(0),
             Err(e) => Err(e),
-            Ok(Some((Request::Launch { plan }, fds))) => launch(&plan, fds),
+            Ok(Some((Request::Launch { plan, into_cgroup }, fds))) => {
+                launch(&plan, fds, into_cgroup)
+            }
         };
         let sent = match reply {
-            Ok((pid, init_channel)) => {
+            Ok((pid, in_cgroup, init_channel)) => {
                 launched.insert(pid);
-                channel.send(&Reply::Launched { pid }, &[init_channel.as_raw_fd()])
+                channel.send(
+                    &Reply::Launched { pid, in_cgroup },
+                    &[init_channel.as_raw_fd()],
+                )
             }
             Err(e) => channel.send(
                 &Reply::Failed {
@@ -263,19 +283,26 @@ fn reap(launched: &mut HashSet<i32>, exits: &Channel) {
     }
 }
 
-fn launch(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<(i32, Channel)> {
-    if stdio.len() != 3 {
+fn launch(
+    plan: &LaunchPlan,
+    mut fds: Vec<OwnedFd>,
+    into_cgroup: bool,
+) -> Result<(i32, bool, Channel)> {
+    let expected = 3 + usize::from(into_cgroup);
+    if fds.len() != expected {
         return Err(Error::Other(format!(
-            "launch request carried {} descriptors, not 3",
-            stdio.len()
+            "launch request carried {} descriptors, not {expected}",
+            fds.len()
         )));
     }
+    let cgroup = if into_cgroup { fds.pop() } else { None };
+    let stdio = fds;
     let (shim_end, init_end) = Channel::pair()?;
     let mut shim_end = Some(shim_end);
-    let pid = spawn::spawn(plan, |launcher| {
+    let (pid, in_cgroup) = spawn::spawn(plan, cgroup.as_ref().map(|c| c.as_fd()), |launcher| {
         drop(shim_end.take());
         init::run(plan, init_end, stdio, launcher)
     })?;
     let shim_end = shim_end.expect("only the init takes it");
-    Ok((pid, shim_end))
+    Ok((pid, in_cgroup, shim_end))
 }

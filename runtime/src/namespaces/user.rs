@@ -181,7 +181,7 @@ pub fn bind_host_device(dir: BorrowedFd<'_>, name: &OsStr, d: &DeviceNode) -> io
 /// field of the maps.
 pub fn userns_fd(mappings: &IdMappings, field: &str) -> Result<OwnedFd> {
     let (read, write) = pipe()?;
-    let pid = clone(libc::CLONE_NEWUSER | libc::SIGCHLD, "a user namespace")
+    let pid = clone(libc::CLONE_NEWUSER, "a user namespace")
         .map_err(|e| Error::Init(format!("{field}: idmapped mount: {e}")))?;
     if pid == 0 {
         drop(write);

@@ -97,6 +97,7 @@ pub fn exec_plan(container: &LaunchPlan, init_pid: i32, process: ProcessPlan) ->
         process,
         cgroup: CgroupPlan {
             dirs: container.cgroup.dirs.clone(),
+            unified_root: container.cgroup.unified_root.clone(),
             ..Default::default()
         },
         // Container-wide settings stay as the init left them; the process-level ones
