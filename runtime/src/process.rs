@@ -161,6 +161,58 @@ pub fn enter_cwd(plan: &ProcessPlan) -> Result<()> {
         .map_err(|e| Error::Init(format!("process.cwd: chdir {}: {e}", plan.cwd.display())))
 }
 
+/// The largest /etc/passwd we read for HOME; a bigger one is not a passwd file.
+const PASSWD_MAX_BYTES: u64 = 4 << 20;
+
+/// The home directory of `uid` in the container's /etc/passwd, read the way runc's init reads
+/// it when the process has no HOME. The file belongs to the (possibly hostile) image: it is
+/// opened without following magic links or blocking (a fifo), must be a regular file outside
+/// procfs, and is read up to a bound.
+fn passwd_home(uid: u32) -> Option<String> {
+    use std::{io::Read, os::fd::AsFd};
+    let root = std::fs::File::open("/").ok()?;
+    let fd = crate::mountapi::openat2(
+        root.as_fd(),
+        Path::new("etc/passwd"),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+        0,
+        crate::mountapi::RESOLVE_NO_MAGICLINKS | crate::mountapi::RESOLVE_IN_ROOT,
+    )
+    .ok()?;
+    let st = crate::rootdir::fstat(fd.as_fd()).ok()?;
+    let fs = nix::sys::statfs::fstatfs(&fd).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG
+        || fs.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC
+    {
+        return None;
+    }
+    let mut text = String::new();
+    std::fs::File::from(fd)
+        .take(PASSWD_MAX_BYTES)
+        .read_to_string(&mut text)
+        .ok()?;
+    home_of(&text, uid)
+}
+
+/// Parses passwd lines (name:password:uid:gid:gecos:home:shell) for `uid`'s home.
+fn home_of(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 6 && f[2].parse() == Ok(uid)).then(|| f[5].to_owned())
+    })
+}
+
+/// The process's environment with HOME added when it has none, as runc does: the user's
+/// home from the container's /etc/passwd, or "/".
+pub fn environment(plan: &ProcessPlan) -> Vec<String> {
+    let mut env = plan.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let home = passwd_home(plan.uid).filter(|h| !h.is_empty());
+        env.push(format!("HOME={}", home.as_deref().unwrap_or("/")));
+    }
+    env
+}
+
 /// Everything execve needs, built before the point of no return.
 pub struct ExecArgs {
     path: CString,
@@ -180,8 +232,7 @@ impl ExecArgs {
                 .iter()
                 .map(|a| c(a.as_bytes(), "process.args"))
                 .collect::<Result<_>>()?,
-            envp: plan
-                .env
+            envp: environment(plan)
                 .iter()
                 .map(|e| c(e.as_bytes(), "process.env"))
                 .collect::<Result<_>>()?,
@@ -236,6 +287,15 @@ mod tests {
             terminal: false,
             console_size: None,
         }
+    }
+
+    #[test]
+    fn home_comes_from_the_users_passwd_line() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nbad line\nnobody:x:65534:65534::/nonexistent:/bin/false\nu:x:1000:1000:::/bin/sh\n";
+        assert_eq!(home_of(passwd, 0).as_deref(), Some("/root"));
+        assert_eq!(home_of(passwd, 65534).as_deref(), Some("/nonexistent"));
+        assert_eq!(home_of(passwd, 1000).as_deref(), Some(""));
+        assert_eq!(home_of(passwd, 7), None);
     }
 
     #[test]

@@ -167,6 +167,7 @@ fn start(flags: &Flags) -> Result<(), String> {
         Err(e) => return Err(format!("bind {}: {e}", path.display())),
     };
 
+    adjust_oom_score()?;
     // SAFETY: nothing in this process has started a thread, so the child may run anything.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork shim daemon: {e}"))? {
         nix::unistd::ForkResult::Parent { .. } => answer(&cfg, &bundle, &address),
@@ -181,6 +182,21 @@ fn start(flags: &Flags) -> Result<(), String> {
             std::process::exit(code)
         }
     }
+}
+
+/// Sets our oom_score_adj to containerd's + 1 (at most 1000) before the daemon is forked, as
+/// containerd's runc shim does: under memory pressure the kernel picks a shim before
+/// containerd, and containers whose spec sets no oomScoreAdj inherit the shim's score.
+fn adjust_oom_score() -> Result<(), String> {
+    let parent = format!("/proc/{}/oom_score_adj", nix::unistd::getppid());
+    let score: i32 = std::fs::read_to_string(&parent)
+        .map_err(|e| format!("read {parent}: {e}"))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{parent}: {e}"))?;
+    let ours = (score + 1).min(1000);
+    std::fs::write("/proc/self/oom_score_adj", ours.to_string())
+        .map_err(|e| format!("set the shim's oom_score_adj to {ours}: {e}"))
 }
 
 /// Records the address in the bundle, where containerd 1.6/1.7 look for it when they

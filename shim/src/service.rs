@@ -299,6 +299,12 @@ impl Service {
             .save(bundle)
             .map_err(Error::from)
             .and_then(|()| launched.wait_ready(create_hooks).map_err(Error::from))
+            // Create answers with the init in its cgroup, as runc's create does: a client
+            // may read the task's cgroup or limits right away.
+            .and_then(|console| {
+                init.lock().finish_cgroup_join()?;
+                Ok(console)
+            })
             .and_then(|console| io.start(console));
         if let Err(e) = ready {
             // SAFETY: kill(2) has no memory-safety preconditions.
@@ -372,15 +378,16 @@ impl Service {
     }
 
     /// Honours the `shim_cgroup` option: the daemon and its launcher (and so the cgroup the
-    /// inits are born in) move into that cgroup, below every hierarchy's root.
+    /// inits start from) join that existing cgroup, as containerd's runc shim does.
     fn move_shim_into(&self, cgroup: &str) -> Result<()> {
         let rel = cgroups::cgroup_relative_path(Some(Path::new(cgroup)), "")
             .map_err(|e| Error::InvalidArgument(format!("runtime option shim_cgroup: {e}")))?;
-        let plan = runtime::cgroups::CgroupPlan::at(&rel, Layout::host());
-        cgroups::create(&plan)
-            .and_then(|()| cgroups::join(&plan, std::process::id() as i32))
-            .and_then(|()| cgroups::join(&plan, self.zygote.pid()))
-            .map_err(|e| Error::Internal(format!("runtime option shim_cgroup {cgroup:?}: {e}")))
+        [std::process::id() as i32, self.zygote.pid()]
+            .into_iter()
+            .try_for_each(|pid| cgroups::join_existing(&rel, Layout::host(), pid))
+            .map_err(|e| {
+                Error::InvalidArgument(format!("runtime option shim_cgroup {cgroup:?}: {e}"))
+            })
     }
 
     /// The process an RPC is about: the init, or the exec `exec_id`.
@@ -413,7 +420,7 @@ impl Service {
         })?;
         let pid = s.pid;
         // startContainer hooks run in the init between Start and exec.
-        if let Err(e) = s.finish_cgroup_join().and_then(|()| launched.start()) {
+        if let Err(e) = launched.start() {
             drop(s);
             stop_failed_start(&c, pid);
             return Err(Error::Runtime(e));
@@ -459,13 +466,9 @@ impl Service {
             serde_json::from_slice(&any.value).map_err(|e| {
                 Error::InvalidArgument(format!("exec {}: invalid process spec: {e}", req.exec_id))
             })?;
-        let spec = runtime::plan::process::plan_process(&process)?;
-        if req.terminal != spec.terminal {
-            return Err(Error::InvalidArgument(format!(
-                "exec {}: terminal is {} but the process spec says {}",
-                req.exec_id, req.terminal, spec.terminal
-            )));
-        }
+        let mut spec = runtime::plan::process::plan_process(&process)?;
+        // The request's terminal wins over the process spec's, as in containerd's runc shim.
+        spec.terminal = req.terminal;
         let mut execs = c.execs.lock().unwrap_or_else(|p| p.into_inner());
         if execs.contains_key(&req.exec_id) {
             return Err(Error::AlreadyExists(format!(
@@ -783,17 +786,6 @@ impl Service {
         })
     }
 
-    fn io_of(&self, id: &str, exec_id: &str) -> Result<Arc<crate::stdio::ProcessIo>> {
-        let c = self.container(id)?;
-        let process = self.process(&c, exec_id)?;
-        let io = process.lock().io.clone();
-        io.ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "container {id}: the process has no stdio to act on"
-            ))
-        })
-    }
-
     /// Pause (`freeze`) or Resume: the init must be running; events as runc's shim sends.
     fn do_pause(&self, id: &str, freeze: bool) -> Result<()> {
         let c = self.container(id)?;
@@ -1037,9 +1029,21 @@ impl Task for Service {
     }
 
     fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> ttrpc::Result<Empty> {
-        let r = self
-            .io_of(&req.id, &req.exec_id)
-            .and_then(|io| io.resize(req.height, req.width));
+        let r = self.container(&req.id).and_then(|c| {
+            let process = self.process(&c, &req.exec_id)?;
+            let s = process.lock();
+            if s.status == Status::Stopped {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {}: cannot resize the terminal of a stopped process",
+                    req.id
+                )));
+            }
+            // Before Start, or without stdio to act on: nothing to resize yet.
+            match &s.io {
+                Some(io) => io.resize(req.height, req.width),
+                None => Ok(()),
+            }
+        });
         reply("resize_pty", &req.id, r).map(|()| Empty::default())
     }
 

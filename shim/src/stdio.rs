@@ -471,11 +471,12 @@ impl ProcessIo {
             .take();
     }
 
+    /// Resizes the terminal; a process without one has nothing to resize, which is not an
+    /// error (containerd's runc shim ignores it too).
     pub fn resize(&self, height: u32, width: u32) -> Result<()> {
-        let console = self
-            .console
-            .as_ref()
-            .ok_or_else(|| Error::FailedPrecondition("the process has no terminal".into()))?;
+        let Some(console) = self.console.as_ref() else {
+            return Ok(());
+        };
         let clamp = |v: u32| v.min(u16::MAX as u32) as u16;
         runtime::terminal::set_size(&**console, clamp(height), clamp(width))
             .map_err(|e| Error::Internal(format!("resize terminal: {e}")))

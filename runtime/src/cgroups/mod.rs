@@ -443,6 +443,36 @@ pub fn join(plan: &CgroupPlan, pid: i32) -> Result<()> {
     Ok(())
 }
 
+/// Moves process `pid` into the existing cgroup `rel` (below each hierarchy's root), creating
+/// nothing, as containerd's runc shim joins its `shim_cgroup`: on a cgroup v2-only host the
+/// cgroup must exist; otherwise every v1 hierarchy that has it is joined, and at least one
+/// must.
+pub fn join_existing(rel: &Path, layout: &Layout, pid: i32) -> Result<()> {
+    let unified_only = layout.hierarchies.iter().all(|h| h.unified);
+    let dirs: Vec<PathBuf> = layout
+        .hierarchies
+        .iter()
+        .filter(|h| h.unified == unified_only)
+        .map(|h| h.mountpoint.join(rel))
+        .filter(|d| d.is_dir())
+        .collect();
+    if dirs.is_empty() {
+        return Err(Error::Other(format!(
+            "cgroup {} does not exist in any {} hierarchy",
+            rel.display(),
+            if unified_only {
+                "cgroup v2"
+            } else {
+                "cgroup v1"
+            }
+        )));
+    }
+    for dir in dirs {
+        write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
+    }
+    Ok(())
+}
+
 /// The pids in the container's cgroup (from the first hierarchy that has the directory).
 pub fn pids(plan: &CgroupPlan) -> Vec<i32> {
     plan.dirs
