@@ -508,7 +508,11 @@ cmd_start() {
         warn "image import failed: $out"
         exit 1
     fi
-    if ! "$ctr" --address "$w/containerd.sock" -n "$ns" images ls -q | grep -qxF "$IMAGE_NAME"; then
+    # The listing is captured before grep: `ctr ... | grep -q` under pipefail fails
+    # whenever grep exits before ctr has written its last line (SIGPIPE).
+    local listed
+    listed="$("$ctr" --address "$w/containerd.sock" -n "$ns" images ls -q)" || true
+    if ! grep -qxF "$IMAGE_NAME" <<<"$listed"; then
         warn "image $IMAGE_NAME missing after import: $out"
         exit 1
     fi
@@ -522,8 +526,9 @@ cmd_start() {
                 exit 1
             fi
         done
+        listed="$("$ctr" --address "$w/containerd.sock" -n k8s.io images ls -q)" || true
         for name in "$IMAGE_NAME" "$PAUSE_IMAGE_NAME"; do
-            "$ctr" --address "$w/containerd.sock" -n k8s.io images ls -q | grep -qxF "$name" ||
+            grep -qxF "$name" <<<"$listed" ||
                 { warn "image $name missing in k8s.io after import"; exit 1; }
         done
     fi
