@@ -184,7 +184,16 @@ async fn run_pod_with(c: &mut Cri, handler: &str, tag: &str, ns: Option<Namespac
     );
     let info = verbose_info(&st.info);
     assert_eq!(
-        info["runtimeHandler"], handler,
+        status.runtime_handler, handler,
+        "{handler}: pod status names another handler: {status:?}"
+    );
+    // containerd 1.x has it at the top of the verbose info, 2.x in the sandbox metadata.
+    let info_handler = match &info["runtimeHandler"] {
+        serde_json::Value::Null => &info["sandboxMetadata"]["Metadata"]["RuntimeHandler"],
+        h => h,
+    };
+    assert_eq!(
+        info_handler, handler,
         "{handler}: pod created with another handler: {info}"
     );
     let pid = info["pid"].as_i64().expect("sandbox pid") as i32;
@@ -849,3 +858,4 @@ fn cri_host_network_pod_runc() {
     let _g = common::shared();
     host_network_pod("runc");
 }
+
