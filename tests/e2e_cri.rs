@@ -78,6 +78,38 @@ fn verbose_info(info: &HashMap<String, String>) -> serde_json::Value {
     serde_json::from_str(raw).expect("verbose info is JSON")
 }
 
+/// Major version of the containerd under test ("1.6.20~ds1", "2.1.9+unknown", "v2.2.0").
+fn containerd_major() -> u32 {
+    let v = &common::cri_env().containerd_version;
+    v.trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("cannot tell the major version of containerd {v:?}"))
+}
+
+/// The shim binary containerd must run for a handler: ours from the harness' BINDIR, or the
+/// containerd-shim-runc-v2 of containerd's own package (next to it; else the one on PATH,
+/// as for the system containerd in /usr/bin).
+fn expected_shim_exe(handler: &str) -> PathBuf {
+    let e = common::cri_env();
+    let p = if handler == "rs" {
+        e.shim_bin.clone()
+    } else {
+        let beside = e
+            .containerd_bin
+            .parent()
+            .expect("containerd binary has no directory")
+            .join("containerd-shim-runc-v2");
+        if beside.is_file() {
+            beside
+        } else {
+            common::find_on_path("containerd-shim-runc-v2").expect("containerd-shim-runc-v2")
+        }
+    };
+    fs::canonicalize(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
 fn pod_config(name: &str, cgroup_parent: &str, logdir: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
@@ -501,6 +533,31 @@ fn version_and_images() {
         );
         assert_eq!(v.runtime_name, "containerd");
         assert_eq!(v.runtime_api_version, CRI_API);
+        // kubelet's readiness check; 2.x also lists the runtime handlers (RuntimeClasses).
+        let st = ok(
+            "Status",
+            c.rt.status(StatusRequest { verbose: false }).await,
+        );
+        let conditions = st.status.map(|s| s.conditions).unwrap_or_default();
+        for want in ["RuntimeReady", "NetworkReady"] {
+            assert!(
+                conditions.iter().any(|c| c.r#type == want && c.status),
+                "{want} not true: {conditions:?}"
+            );
+        }
+        let handlers: Vec<&str> = st
+            .runtime_handlers
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        if containerd_major() >= 2 || !handlers.is_empty() {
+            for want in ["rs", "runc"] {
+                assert!(
+                    handlers.contains(&want),
+                    "handler {want} not listed: {handlers:?}"
+                );
+            }
+        }
         let imgs = ok(
             "ListImages",
             c.img.list_images(ListImagesRequest { filter: None }).await,
@@ -587,6 +644,23 @@ fn pod_lifecycle(handler: &str) {
             .map(str::trim)
             .collect();
         assert_eq!(ifaces, ["lo"], "{handler}: /proc/net/dev: {out}");
+        // enable_unprivileged_ports and _icmp (on for every version in the harness): the
+        // sandbox's net.ipv4 sysctls, set in the pod's network namespace (defaults 1024, "1 0").
+        let (out, err, code) = exec_sync(
+            &mut c,
+            &c1,
+            &[
+                "cat",
+                "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+                "/proc/sys/net/ipv4/ping_group_range",
+            ],
+        )
+        .await;
+        assert_eq!(
+            (out.split_whitespace().collect::<Vec<_>>(), code),
+            (vec!["0", "0", "2147483647"], 0),
+            "{handler}: pod sysctls: {out:?} {err}"
+        );
 
         // Stats from the shim: memory in use.
         let stats = ok(
@@ -669,6 +743,12 @@ fn pod_lifecycle(handler: &str) {
             shim_argv0.ends_with(want_shim),
             "{handler}: served by {shim_argv0}"
         );
+        let shim_exe = fs::read_link(format!("/proc/{shim}/exe")).unwrap();
+        assert_eq!(
+            shim_exe,
+            expected_shim_exe(handler),
+            "{handler}: the shim is not the binary of this containerd's package"
+        );
         for (what, pid, cg) in [
             (
                 "sandbox",
@@ -682,6 +762,45 @@ fn pod_lifecycle(handler: &str) {
                 assert_eq!(cgroup_of(pid, ctrl), cg, "{handler}: {what} {ctrl} cgroup");
             }
         }
+        // Pod stats as kubelet's CRI stats provider reads them: the process count comes from
+        // the shim (1.x: the Pids RPC of each running container; 2.x: pids.current in each
+        // container's Stats), one sleep per container.
+        let ps = ok(
+            "PodSandboxStats",
+            c.rt.pod_sandbox_stats(PodSandboxStatsRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await,
+        )
+        .stats
+        .and_then(|s| s.linux)
+        .expect("PodSandboxStats without linux stats");
+        assert_eq!(
+            ps.process
+                .as_ref()
+                .and_then(|p| p.process_count.as_ref())
+                .map(|v| v.value),
+            Some(2),
+            "{handler}: pod process count: {:?}",
+            ps.process
+        );
+        let mut listed: Vec<&str> = ps
+            .containers
+            .iter()
+            .filter_map(|s| s.attributes.as_ref().map(|a| a.id.as_str()))
+            .collect();
+        listed.sort_unstable();
+        let mut want = [c1.as_str(), c2.as_str()];
+        want.sort_unstable();
+        assert_eq!(listed, want, "{handler}: containers in the pod stats");
+        assert!(
+            ps.memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .is_some_and(|v| v.value > 0),
+            "{handler}: pod memory: {:?}",
+            ps.memory
+        );
         let (out, _, _) = exec_sync(&mut c, &c2, &["hostname"]).await;
         assert_eq!(out.trim(), "crihost", "{handler}: pod hostname");
 
@@ -858,4 +977,3 @@ fn cri_host_network_pod_runc() {
     let _g = common::shared();
     host_network_pod("runc");
 }
-
