@@ -165,7 +165,7 @@ impl Service {
                 req.terminal, plan.process.terminal
             )));
         }
-        let io = LaunchIo::open(&stdio_paths, &id, &self.namespace)?;
+        let io = LaunchIo::open(&stdio_paths, &id, &self.namespace, opts.io_owner)?;
         let t_planned = t0.elapsed();
         if let Err(e) = cgroups::create(&plan.cgroup) {
             let _ = cgroups::destroy(&plan.cgroup);
@@ -264,6 +264,7 @@ impl Service {
             bundle: bundle.to_path_buf(),
             rootfs_mounted,
             stdio: stdio_paths,
+            io_owner: opts.io_owner,
             plan,
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
@@ -474,7 +475,7 @@ impl Service {
             s.starting = true;
         }
         let plan = runtime::plan::exec_plan(&c.plan, init_pid, e.spec.clone());
-        let io = LaunchIo::open(&e.stdio, &c.id, &self.namespace)
+        let io = LaunchIo::open(&e.stdio, &c.id, &self.namespace, c.io_owner)
             .inspect_err(|_| e.process.lock().starting = false)?;
         let on_exit = {
             let (watched, events, cid, xid, order) = (
