@@ -22,8 +22,9 @@
 #   BUSYBOX               static busybox to put in the image (default: /bin/busybox)
 #   SHIM_RS_CRI=1         at `start`: CRI mode (containerd 1.x: config version 2,
 #                         2.x: version 3): the CRI plugin on WORKDIR/containerd.sock,
-#                         runtime handlers `rs` (ours) and `runc` (the runc shim next
-#                         to containerd first on PATH), a local pause image as sandbox
+#                         runtime handlers `rs` and `rs-bare` (ours, with and without
+#                         an options table) and `runc` (the runc shim next to
+#                         containerd first on PATH), a local pause image as sandbox
 #                         image, loopback-only CNI (plugins from /usr/lib/cni,
 #                         containernetworking-plugins); the busybox and pause images
 #                         are imported into `k8s.io`
@@ -295,6 +296,9 @@ containerd_major() {
 # `io.containerd.grpc.v1.cri` (the gRPC service and the streaming server).
 # Unprivileged ports and ICMP are switched on everywhere (2.x's default, off in 1.x):
 # the sandbox spec then carries the net.ipv4 sysctls kubelet's pods get on 2.x.
+# Handlers: `rs` (ours, with an options table: the shim gets runtimeoptions.v1.Options),
+# `rs-bare` (ours, runtime_type alone: the README's snippet; containerd then sends no
+# options, or runc's where it adds its own, as for user-namespaced pods) and `runc`.
 write_cri_config() {
     local w="$1" level="$2" major="$3"
     # Loopback only. containerd fails a pod whose default network yields no IP
@@ -365,6 +369,8 @@ write_cri_config_v2() {
         runtime_type = "io.containerd.rs.v1"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs.options]
           SystemdCgroup = false
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs-bare]
+        runtime_type = "io.containerd.rs.v1"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
@@ -403,6 +409,8 @@ write_cri_config_v3() {
         sandboxer = "podsandbox"
         [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.rs.options]
           SystemdCgroup = false
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.rs-bare]
+        runtime_type = "io.containerd.rs.v1"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
         sandboxer = "podsandbox"
