@@ -576,6 +576,36 @@ fn version_and_images() {
                 );
             }
         }
+        if containerd_major() >= 2 {
+            // containerd 2.x decodes our `-info` (RuntimeInfo and the OCI features document)
+            // in its introspection service; its CRI turns it into the handler's
+            // user_namespaces and recursive_read_only_mounts features (2.2.7 and later ask
+            // every runtime type). The options arrive as CRI sends a handler's table:
+            // runtimeoptions.v1.Options, here naming a file.
+            let cfg = common::cri_env().workdir.join("rs-runtime-options.toml");
+            fs::write(&cfg, "SystemdCgroup = false\n").unwrap();
+            let out = common::ctr_ok(&[
+                "plugins",
+                "inspect-runtime",
+                "--runtime",
+                common::RS_RUNTIME,
+                "--runtime-config-path",
+                &cfg.to_string_lossy(),
+            ]);
+            let info: serde_json::Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            let f = &info["Features"];
+            let has = |v: &serde_json::Value, s: &str| {
+                v.as_array().is_some_and(|a| a.iter().any(|x| x == s))
+            };
+            assert_eq!(info["Name"], common::RS_RUNTIME, "{out}");
+            assert!(has(&f["linux"]["namespaces"], "user"), "{out}");
+            assert!(has(&f["mountOptions"], "rro"), "{out}");
+            assert_eq!(
+                f["linux"]["mountExtensions"]["idmap"]["enabled"], true,
+                "{out}"
+            );
+        }
         let imgs = ok(
             "ListImages",
             c.img.list_images(ListImagesRequest { filter: None }).await,
