@@ -640,6 +640,40 @@ fn cri_version_and_images() {
     version_and_images();
 }
 
+/// The README's handler snippet for this containerd's config version is, line for line, in
+/// the config the harness runs (as handler `rs-bare`, which the user-namespaced pod uses).
+#[test]
+fn cri_readme_handler_snippet_is_the_tested_config() {
+    let _g = common::shared();
+    let e = common::cri_env();
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("### Kubernetes (CRI RuntimeClass)")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has no Kubernetes section");
+    let config = fs::read_to_string(e.workdir.join("config.toml")).unwrap();
+    let config_lines: Vec<&str> = config.lines().map(str::trim).collect();
+    let version = if containerd_major() >= 2 { 3 } else { 2 };
+    let snippet = section
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| {
+            b.lines()
+                .any(|l| l.trim() == format!("version = {version}"))
+        })
+        .unwrap_or_else(|| panic!("no config version {version} snippet in the README"));
+    for line in snippet.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let ours = line.replace(".runtimes.rs]", ".runtimes.rs-bare]");
+        assert!(
+            config_lines.contains(&ours.as_str()),
+            "README line {line:?} (as {ours:?}) is not in the tested config:\n{config}"
+        );
+    }
+}
+
 /// The whole pod life as kubelet drives it, on one runtime handler.
 fn pod_lifecycle(handler: &str) {
     block_on(async {
