@@ -67,12 +67,25 @@ test:
 	@if [ "$$(id -u)" != 0 ]; then echo "note: the e2e tests need root; they will fail as $$(id -un)" >&2; fi
 	$(CARGO) test --workspace
 	@$(MAKE) --no-print-directory test-matrix
+	@$(MAKE) --no-print-directory test-cri-matrix
 
 # The same e2e test binaries once per containerd version (SHIM_RS_CONTAINERD picks it).
 test-matrix: containerd-versions
 	@set -e; for v in $(CONTAINERD_VERSIONS); do \
 		echo "=== e2e against containerd $$v: cargo test $(MATRIX_TESTS)"; \
 		SHIM_RS_CONTAINERD=$$v $(CARGO) test $(MATRIX_TESTS); \
+	done
+
+# The CRI suite (Kubernetes through containerd's CRI plugin, handlers rs and runc) once per
+# containerd line; `cargo test` covers the system containerd (1.6). containerd.sh writes each
+# line's own CRI config (version 2 for 1.x, version 3 with the split CRI plugins for 2.x).
+CRI_CONTAINERD_VERSIONS ?= 1.7.24 2.1.9
+.PHONY: test-cri-matrix
+test-cri-matrix:
+	bash $(VERSIONS_SCRIPT) fetch $(CRI_CONTAINERD_VERSIONS)
+	@set -e; for v in $(CRI_CONTAINERD_VERSIONS); do \
+		echo "=== CRI e2e against containerd $$v: cargo test --test e2e_cri"; \
+		SHIM_RS_CONTAINERD=$$v $(CARGO) test --test e2e_cri; \
 	done
 
 # Downloads (once) and unpacks the containerd versions of the matrix.

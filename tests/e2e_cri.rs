@@ -5,7 +5,11 @@
 //! a failure that only `rs` shows is ours.
 //!
 //! containerd runs in the harness' CRI mode (`containerd.sh` with SHIM_RS_CRI=1):
-//! local pause image as sandbox image, loopback-only CNI, private root/state.
+//! local pause image as sandbox image, loopback-only CNI, private root/state, the CRI
+//! config of its version (1.x: version 2; 2.x: version 3). `make test` runs this file
+//! against containerd 1.6 (the system's), 1.7.24 and 2.1.9. Our handler `rs` has an options
+//! table (runtimeoptions.v1.Options reach the shim); `rs-bare` has none (the README's
+//! snippet), for the user-namespaced pod.
 
 mod common;
 
@@ -76,6 +80,42 @@ fn ok<T>(what: &str, r: Result<tonic::Response<T>, tonic::Status>) -> T {
 fn verbose_info(info: &HashMap<String, String>) -> serde_json::Value {
     let raw = info.get("info").expect("verbose status without info");
     serde_json::from_str(raw).expect("verbose info is JSON")
+}
+
+/// (major, minor) of the containerd under test ("1.6.20~ds1", "2.1.9+unknown", "v2.2.0").
+fn containerd_version() -> (u32, u32) {
+    let v = &common::cri_env().containerd_version;
+    let mut parts = v.trim_start_matches('v').split('.').map(|p| p.parse().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor),
+        _ => panic!("cannot tell the version of containerd {v:?}"),
+    }
+}
+
+fn containerd_major() -> u32 {
+    containerd_version().0
+}
+
+/// The shim binary containerd must run for a handler: ours from the harness' BINDIR, or the
+/// containerd-shim-runc-v2 of containerd's own package (next to it; else the one on PATH,
+/// as for the system containerd in /usr/bin).
+fn expected_shim_exe(handler: &str) -> PathBuf {
+    let e = common::cri_env();
+    let p = if handler.starts_with("rs") {
+        e.shim_bin.clone()
+    } else {
+        let beside = e
+            .containerd_bin
+            .parent()
+            .expect("containerd binary has no directory")
+            .join("containerd-shim-runc-v2");
+        if beside.is_file() {
+            beside
+        } else {
+            common::find_on_path("containerd-shim-runc-v2").expect("containerd-shim-runc-v2")
+        }
+    };
+    fs::canonicalize(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn pod_config(name: &str, cgroup_parent: &str, logdir: &Path) -> PodSandboxConfig {
@@ -184,7 +224,16 @@ async fn run_pod_with(c: &mut Cri, handler: &str, tag: &str, ns: Option<Namespac
     );
     let info = verbose_info(&st.info);
     assert_eq!(
-        info["runtimeHandler"], handler,
+        status.runtime_handler, handler,
+        "{handler}: pod status names another handler: {status:?}"
+    );
+    // containerd 1.x has it at the top of the verbose info, 2.x in the sandbox metadata.
+    let info_handler = match &info["runtimeHandler"] {
+        serde_json::Value::Null => &info["sandboxMetadata"]["Metadata"]["RuntimeHandler"],
+        h => h,
+    };
+    assert_eq!(
+        info_handler, handler,
         "{handler}: pod created with another handler: {info}"
     );
     let pid = info["pid"].as_i64().expect("sandbox pid") as i32;
@@ -202,16 +251,14 @@ async fn run_pod_with(c: &mut Cri, handler: &str, tag: &str, ns: Option<Namespac
     }
 }
 
-/// Creates and starts a container in the pod; returns (id, pid, cgroupsPath).
-async fn start_container(
-    c: &mut Cri,
+/// A container of the pod: it shares the namespaces the pod asked for, as kubelet sets it.
+fn pod_container_config(
     pod: &Pod,
     name: &str,
     command: &[&str],
     resources: LinuxContainerResources,
-) -> (String, i32, String) {
+) -> ContainerConfig {
     let mut config = container_config(name, command, resources);
-    // The container shares the namespaces the pod asked for.
     let pod_ns = pod
         .config
         .linux
@@ -224,6 +271,18 @@ async fn start_container(
             ..Default::default()
         });
     }
+    config
+}
+
+/// Creates and starts a container in the pod; returns (id, pid, cgroupsPath).
+async fn start_container(
+    c: &mut Cri,
+    pod: &Pod,
+    name: &str,
+    command: &[&str],
+    resources: LinuxContainerResources,
+) -> (String, i32, String) {
+    let config = pod_container_config(pod, name, command, resources);
     let r = ok(
         "CreateContainer",
         c.rt.create_container(CreateContainerRequest {
@@ -492,6 +551,61 @@ fn version_and_images() {
         );
         assert_eq!(v.runtime_name, "containerd");
         assert_eq!(v.runtime_api_version, CRI_API);
+        // kubelet's readiness check; 2.x also lists the runtime handlers (RuntimeClasses).
+        let st = ok(
+            "Status",
+            c.rt.status(StatusRequest { verbose: false }).await,
+        );
+        let conditions = st.status.map(|s| s.conditions).unwrap_or_default();
+        for want in ["RuntimeReady", "NetworkReady"] {
+            assert!(
+                conditions.iter().any(|c| c.r#type == want && c.status),
+                "{want} not true: {conditions:?}"
+            );
+        }
+        let handlers: Vec<&str> = st
+            .runtime_handlers
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        if containerd_major() >= 2 || !handlers.is_empty() {
+            for want in ["rs", "rs-bare", "runc"] {
+                assert!(
+                    handlers.contains(&want),
+                    "handler {want} not listed: {handlers:?}"
+                );
+            }
+        }
+        if containerd_major() >= 2 {
+            // containerd 2.x decodes our `-info` (RuntimeInfo and the OCI features document)
+            // in its introspection service; its CRI turns it into the handler's
+            // user_namespaces and recursive_read_only_mounts features (2.2.7 and later ask
+            // every runtime type). The options arrive as CRI sends a handler's table:
+            // runtimeoptions.v1.Options, here naming a file.
+            let cfg = common::cri_env().workdir.join("rs-runtime-options.toml");
+            fs::write(&cfg, "SystemdCgroup = false\n").unwrap();
+            let out = common::ctr_ok(&[
+                "plugins",
+                "inspect-runtime",
+                "--runtime",
+                common::RS_RUNTIME,
+                "--runtime-config-path",
+                &cfg.to_string_lossy(),
+            ]);
+            let info: serde_json::Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            let f = &info["Features"];
+            let has = |v: &serde_json::Value, s: &str| {
+                v.as_array().is_some_and(|a| a.iter().any(|x| x == s))
+            };
+            assert_eq!(info["Name"], common::RS_RUNTIME, "{out}");
+            assert!(has(&f["linux"]["namespaces"], "user"), "{out}");
+            assert!(has(&f["mountOptions"], "rro"), "{out}");
+            assert_eq!(
+                f["linux"]["mountExtensions"]["idmap"]["enabled"], true,
+                "{out}"
+            );
+        }
         let imgs = ok(
             "ListImages",
             c.img.list_images(ListImagesRequest { filter: None }).await,
@@ -524,6 +638,40 @@ fn version_and_images() {
 fn cri_version_and_images() {
     let _g = common::shared();
     version_and_images();
+}
+
+/// The README's handler snippet for this containerd's config version is, line for line, in
+/// the config the harness runs (as handler `rs-bare`, which the user-namespaced pod uses).
+#[test]
+fn cri_readme_handler_snippet_is_the_tested_config() {
+    let _g = common::shared();
+    let e = common::cri_env();
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("### Kubernetes (CRI RuntimeClass)")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has no Kubernetes section");
+    let config = fs::read_to_string(e.workdir.join("config.toml")).unwrap();
+    let config_lines: Vec<&str> = config.lines().map(str::trim).collect();
+    let version = if containerd_major() >= 2 { 3 } else { 2 };
+    let snippet = section
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| {
+            b.lines()
+                .any(|l| l.trim() == format!("version = {version}"))
+        })
+        .unwrap_or_else(|| panic!("no config version {version} snippet in the README"));
+    for line in snippet.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let ours = line.replace(".runtimes.rs]", ".runtimes.rs-bare]");
+        assert!(
+            config_lines.contains(&ours.as_str()),
+            "README line {line:?} (as {ours:?}) is not in the tested config:\n{config}"
+        );
+    }
 }
 
 /// The whole pod life as kubelet drives it, on one runtime handler.
@@ -578,6 +726,23 @@ fn pod_lifecycle(handler: &str) {
             .map(str::trim)
             .collect();
         assert_eq!(ifaces, ["lo"], "{handler}: /proc/net/dev: {out}");
+        // enable_unprivileged_ports and _icmp (on for every version in the harness): the
+        // sandbox's net.ipv4 sysctls, set in the pod's network namespace (defaults 1024, "1 0").
+        let (out, err, code) = exec_sync(
+            &mut c,
+            &c1,
+            &[
+                "cat",
+                "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+                "/proc/sys/net/ipv4/ping_group_range",
+            ],
+        )
+        .await;
+        assert_eq!(
+            (out.split_whitespace().collect::<Vec<_>>(), code),
+            (vec!["0", "0", "2147483647"], 0),
+            "{handler}: pod sysctls: {out:?} {err}"
+        );
 
         // Stats from the shim: memory in use.
         let stats = ok(
@@ -651,7 +816,7 @@ fn pod_lifecycle(handler: &str) {
             "{handler}: second container"
         );
         let shim_argv0 = argv0(shim);
-        let want_shim = if handler == "rs" {
+        let want_shim = if handler.starts_with("rs") {
             "containerd-shim-rs-v1"
         } else {
             "containerd-shim-runc-v2"
@@ -659,6 +824,12 @@ fn pod_lifecycle(handler: &str) {
         assert!(
             shim_argv0.ends_with(want_shim),
             "{handler}: served by {shim_argv0}"
+        );
+        let shim_exe = fs::read_link(format!("/proc/{shim}/exe")).unwrap();
+        assert_eq!(
+            shim_exe,
+            expected_shim_exe(handler),
+            "{handler}: the shim is not the binary of this containerd's package"
         );
         for (what, pid, cg) in [
             (
@@ -673,6 +844,45 @@ fn pod_lifecycle(handler: &str) {
                 assert_eq!(cgroup_of(pid, ctrl), cg, "{handler}: {what} {ctrl} cgroup");
             }
         }
+        // Pod stats as kubelet's CRI stats provider reads them: the process count comes from
+        // the shim (1.x: the Pids RPC of each running container; 2.x: pids.current in each
+        // container's Stats), one sleep per container.
+        let ps = ok(
+            "PodSandboxStats",
+            c.rt.pod_sandbox_stats(PodSandboxStatsRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await,
+        )
+        .stats
+        .and_then(|s| s.linux)
+        .expect("PodSandboxStats without linux stats");
+        assert_eq!(
+            ps.process
+                .as_ref()
+                .and_then(|p| p.process_count.as_ref())
+                .map(|v| v.value),
+            Some(2),
+            "{handler}: pod process count: {:?}",
+            ps.process
+        );
+        let mut listed: Vec<&str> = ps
+            .containers
+            .iter()
+            .filter_map(|s| s.attributes.as_ref().map(|a| a.id.as_str()))
+            .collect();
+        listed.sort_unstable();
+        let mut want = [c1.as_str(), c2.as_str()];
+        want.sort_unstable();
+        assert_eq!(listed, want, "{handler}: containers in the pod stats");
+        assert!(
+            ps.memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .is_some_and(|v| v.value > 0),
+            "{handler}: pod memory: {:?}",
+            ps.memory
+        );
         let (out, _, _) = exec_sync(&mut c, &c2, &["hostname"]).await;
         assert_eq!(out.trim(), "crihost", "{handler}: pod hostname");
 
@@ -848,4 +1058,200 @@ fn cri_host_network_pod_rs() {
 fn cri_host_network_pod_runc() {
     let _g = common::shared();
     host_network_pod("runc");
+}
+
+/// Whether the runtime binary of the stock handler (runc) declares idmapped mounts in its
+/// OCI features: containerd 2.x refuses a user-namespaced pod's containers without them.
+fn runc_has_idmap_mounts() -> bool {
+    let out = std::process::Command::new("runc")
+        .arg("features")
+        .output()
+        .expect("run `runc features`");
+    assert!(out.status.success(), "runc features: {out:?}");
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).expect("runc features JSON");
+    f["linux"]["mountExtensions"]["idmap"]["enabled"] == true
+}
+
+fn uid_map(pid: i32) -> Vec<String> {
+    read_trim(format!("/proc/{pid}/uid_map"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn host_owner(path: impl AsRef<Path>) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(path.as_ref())
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.as_ref().display()));
+    (md.uid(), md.gid())
+}
+
+/// A pod with its own user namespace (Kubernetes `hostUsers: false`): its processes are root
+/// inside and an unprivileged range outside; the image's files are owned by root inside
+/// (containerd 1.7 chowns a copy of the layers, 2.x hands the shim an overlay whose layers
+/// must be idmapped); the pod's /dev/shm, which containerd keeps below a 0700 directory,
+/// is bound all the same. containerd 1.6 has no user namespaces for pods: there the pod runs
+/// in the host's, which is asserted too.
+/// Handler `rs-bare` (no options table): containerd 2.x then sends runc's options with
+/// IoUid/IoGid, which the process needs to reopen its stdio (with an options table it fails
+/// the container itself, before any shim is involved: it assumes runc's options).
+fn userns_pod(handler: &str, host_base: u32) {
+    block_on(async {
+        let mut c = connect().await;
+        let (major, minor) = containerd_version();
+        let has_userns = (major, minor) >= (1, 7);
+        let size = 65_536;
+        let map = vec![IdMapping {
+            host_id: host_base,
+            container_id: 0,
+            length: size,
+        }];
+        let ns = NamespaceOption {
+            network: NamespaceMode::Pod as i32,
+            pid: NamespaceMode::Container as i32,
+            ipc: NamespaceMode::Pod as i32,
+            userns_options: Some(UserNamespace {
+                mode: NamespaceMode::Pod as i32,
+                uids: map.clone(),
+                gids: map,
+            }),
+            ..Default::default()
+        };
+        let pod = run_pod_with(&mut c, handler, "userns", Some(ns)).await;
+        let shim = serving_shim(pod.pid).expect("sandbox has no shim ancestor");
+        let shim_argv0 = argv0(shim);
+        let want_map = if has_userns {
+            vec!["0".to_string(), host_base.to_string(), size.to_string()]
+        } else {
+            vec!["0".into(), "0".into(), u32::MAX.to_string()]
+        };
+        let (root_uid, root_gid) = if has_userns {
+            (host_base, host_base)
+        } else {
+            (0, 0)
+        };
+        assert_eq!(uid_map(pod.pid), want_map, "{handler}: sandbox uid_map");
+        assert_eq!(
+            host_owner(format!("/proc/{}/root/pause", pod.pid)),
+            (root_uid, root_gid),
+            "{handler}: owner of the sandbox image's /pause as the host sees it"
+        );
+        let mounts = read_trim(format!("/proc/{}/mountinfo", pod.pid));
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some("/dev/shm")),
+            "{handler}: no /dev/shm in the sandbox:\n{mounts}"
+        );
+
+        if major >= 2 && handler == "runc" && !runc_has_idmap_mounts() {
+            // The pod's containers bind /etc/hosts and the like idmapped: containerd 2.x
+            // checks the runtime's features first, and runc before 1.2 has none.
+            let config = pod_container_config(
+                &pod,
+                "u",
+                &["sleep", "600"],
+                LinuxContainerResources::default(),
+            );
+            let created =
+                c.rt.create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod.id.clone(),
+                    config: Some(config),
+                    sandbox_config: Some(pod.config.clone()),
+                })
+                .await;
+            let id = ok("CreateContainer", created).container_id;
+            let started =
+                c.rt.start_container(StartContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await;
+            let err = started.expect_err("runc without idmapped mounts ran the container");
+            assert!(
+                err.message().contains("idmap mounts not supported"),
+                "{handler}: {err:?}"
+            );
+            ok(
+                "RemoveContainer",
+                c.rt.remove_container(RemoveContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await,
+            );
+            stop_remove_pod(&mut c, &pod, &[]).await;
+            assert_pod_gone(
+                handler,
+                &pod,
+                &[pod.id.as_str(), id.as_str()],
+                (shim, &shim_argv0),
+            );
+            remove_pod_cgroup_parent(&pod.cgroup_parent);
+            return;
+        }
+
+        let (id, pid, _) = start_container(
+            &mut c,
+            &pod,
+            "u",
+            &["sleep", "600"],
+            LinuxContainerResources::default(),
+        )
+        .await;
+        assert_eq!(uid_map(pid), want_map, "{handler}: container uid_map");
+        let (out, err, code) = exec_sync(
+            &mut c,
+            &id,
+            &[
+                "sh",
+                "-c",
+                "id -u; cat /proc/self/uid_map; stat -c %u:%g /bin/busybox; touch /tmp/written",
+            ],
+        )
+        .await;
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let want: Vec<String> = ["0".to_string()]
+            .into_iter()
+            .chain(want_map.iter().cloned())
+            .chain(["0:0".to_string()])
+            .collect();
+        assert_eq!(
+            (words, code),
+            (want.iter().map(String::as_str).collect(), 0),
+            "{handler}: {err}"
+        );
+        assert_eq!(
+            host_owner(format!("/proc/{pid}/root/tmp/written")),
+            (root_uid, root_gid),
+            "{handler}: a file the container's root wrote, as the host sees it"
+        );
+        if major >= 2 {
+            // containerd 2.x asks for stdio the container's root can reopen (IoUid/IoGid).
+            let (out, err, code) =
+                exec_sync(&mut c, &id, &["sh", "-c", "echo reopened >/dev/stdout"]).await;
+            assert_eq!((out.as_str(), code), ("reopened\n", 0), "{handler}: {err}");
+        }
+
+        stop_remove_pod(&mut c, &pod, &[&id]).await;
+        assert_pod_gone(
+            handler,
+            &pod,
+            &[pod.id.as_str(), id.as_str()],
+            (shim, &shim_argv0),
+        );
+        remove_pod_cgroup_parent(&pod.cgroup_parent);
+    });
+}
+
+#[test]
+fn cri_userns_pod_rs() {
+    let _g = common::shared();
+    userns_pod("rs-bare", 200_000);
+}
+
+#[test]
+fn cri_userns_pod_runc() {
+    let _g = common::shared();
+    // Another range: containerd 1.7 makes one remapped copy of the image per range, and two
+    // pods making the same copy at once collide there.
+    userns_pod("runc", 300_000);
 }

@@ -304,6 +304,28 @@ fn uidmap_mounts_and_devices_match_runc() {
 }
 
 #[test]
+fn uidmap_binds_a_source_below_a_directory_only_host_root_may_enter() {
+    let _serial = shared();
+    // The container's root is uid 100000 on the host: it may not search a 0700 directory of
+    // the host's root, yet a bind from below one must work (containerd's CRI keeps a pod's
+    // /dev/shm like that). The bind's source is opened before the user namespace is entered.
+    let private = host_dir("private");
+    fs::create_dir(private.join("data")).unwrap();
+    fs::write(private.join("data/f"), "inside\n").unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        private.join("data").display()
+    );
+    let out = same_as_runc(
+        "userns-bind",
+        &[&userns(MAP, MAP)[..], &["--mount", &mount]].concat(),
+        "cat /data/f; touch /data/g 2>/dev/null || echo read-only",
+    );
+    assert_eq!(out, "inside\nread-only\n");
+}
+
+#[test]
 fn uidmap_with_host_network_binds_the_host_sysfs_read_only() {
     let _serial = shared();
     // runc 1.1.5 fails here (a new user namespace cannot mount sysfs for the host's network

@@ -72,12 +72,20 @@ fn attach_tree(
 /// Bidirectional mount propagation) must stay peers of their host mount, so that mounts
 /// made under them reach the host and back. They are copied before "/" is made a slave,
 /// which would otherwise cut them off. Indexed like the plan's mounts.
-fn clone_shared_binds(plan: &LaunchPlan) -> Result<Vec<Option<OwnedFd>>> {
+/// A tree the launcher made (`launcher_trees`) is used as it is.
+fn clone_shared_binds(
+    plan: &LaunchPlan,
+    launcher_trees: Vec<Option<OwnedFd>>,
+) -> Result<Vec<Option<OwnedFd>>> {
     let shared_root = plan.rootfs_propagation & libc::MS_SHARED != 0;
+    let mut launcher_trees = launcher_trees.into_iter();
     plan.mounts
         .iter()
         .enumerate()
         .map(|(i, m)| {
+            if let Some(tree) = launcher_trees.next().flatten() {
+                return Ok(Some(tree));
+            }
             let wants_shared = m.propagation.iter().any(|p| p & libc::MS_SHARED != 0);
             if !(shared_root && wants_shared && m.is_bind() && m.cgroup.is_none()) {
                 return Ok(None);
@@ -154,8 +162,13 @@ fn apply_mount(
     let mut as_file = false;
     if is_bind {
         let src = source.as_deref().unwrap_or(Path::new(""));
-        let md = fs::metadata(src)
-            .map_err(|e| Error::Init(format!("{}: source {}: {e}", what(), src.display())))?;
+        // A tree from the launcher is asked, not its host path: in a user namespace the
+        // path may be out of our reach.
+        let md = match &early_tree {
+            Some(tree) => fs::metadata(proc_fd_path(tree.as_fd())),
+            None => fs::metadata(src),
+        }
+        .map_err(|e| Error::Init(format!("{}: source {}: {e}", what(), src.display())))?;
         as_file = !md.is_dir();
     }
     let target = root
@@ -428,20 +441,15 @@ fn make_readonly(path: &Path) -> Result<()> {
 }
 
 /// Builds the root filesystem and pivots into it. Afterwards "/" is the container's root.
-/// `idmapped` holds the trees the launcher made for idmapped mounts, by mount index.
-/// `before_pivot` runs once the mounts are in place (the create hooks' moment).
+/// `launcher_trees` holds the bind trees the launcher made (see `crate::idmap`), by mount
+/// index. `before_pivot` runs once the mounts are in place (the create hooks' moment).
 pub fn prepare(
     plan: &LaunchPlan,
-    idmapped: Vec<Option<OwnedFd>>,
+    launcher_trees: Vec<Option<OwnedFd>>,
     before_pivot: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
     let propagation = MsFlags::from_bits_retain(plan.rootfs_propagation);
-    let mut early_trees = clone_shared_binds(plan)?;
-    for (early, idmapped) in early_trees.iter_mut().zip(idmapped) {
-        if idmapped.is_some() {
-            *early = idmapped;
-        }
-    }
+    let mut early_trees = clone_shared_binds(plan, launcher_trees)?;
     // Nothing else we mount may propagate back to the host, and pivot_root refuses shared mounts:
     // build everything below a recursively slave (or private) "/", and give the container's
     // "/" the propagation it asked for once it is its root.

@@ -169,6 +169,8 @@ pub struct Container {
     /// We mounted the rootfs from the Create request and must unmount it.
     pub rootfs_mounted: bool,
     pub stdio: StdioPaths,
+    /// Owner of the stdio fifos of the init and every exec (runtime options IoUid/IoGid).
+    pub io_owner: Option<(u32, u32)>,
     /// The init's plan: execs join what it describes.
     pub plan: LaunchPlan,
     pub init: Arc<Process>,

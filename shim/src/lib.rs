@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod oom;
 pub mod options;
 pub mod protocol;
+pub mod rootfs;
 pub mod service;
 pub mod stdio;
 

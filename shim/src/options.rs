@@ -19,6 +19,10 @@ pub struct RuntimeOptions {
     pub shim_cgroup: Option<String>,
     /// Enter the rootfs with MS_MOVE + chroot instead of pivot_root (`ctr run --no-pivot`).
     pub no_pivot_root: bool,
+    /// (uid, gid) that must be able to reopen the process' stdio (`/dev/stdout`): the host ids
+    /// of a user-namespaced container's user. containerd 2.x's CRI sets it (runc's IoUid and
+    /// IoGid) for pods with `hostUsers: false`.
+    pub io_owner: Option<(u32, u32)>,
     /// Options recognised but not acted on, for the log.
     pub ignored: Vec<String>,
 }
@@ -41,7 +45,6 @@ impl RuntimeOptions {
                     ("binary_name", !o.binary_name.is_empty()),
                     ("root", !o.root.is_empty()),
                     ("criu_image_path", !o.criu_image_path.is_empty()),
-                    ("io_uid/io_gid", o.io_uid != 0 || o.io_gid != 0),
                 ] {
                     if set {
                         ignored.push(name.to_owned());
@@ -51,6 +54,7 @@ impl RuntimeOptions {
                     systemd_cgroup: o.systemd_cgroup,
                     shim_cgroup: Some(o.shim_cgroup).filter(|s| !s.is_empty()),
                     no_pivot_root: o.no_pivot_root,
+                    io_owner: (o.io_uid != 0 || o.io_gid != 0).then_some((o.io_uid, o.io_gid)),
                     ignored,
                 })
             }
@@ -75,8 +79,8 @@ impl RuntimeOptions {
 
     pub fn describe(&self) -> String {
         format!(
-            "systemd_cgroup={} shim_cgroup={:?} ignored={:?}",
-            self.systemd_cgroup, self.shim_cgroup, self.ignored
+            "systemd_cgroup={} shim_cgroup={:?} io_owner={:?} ignored={:?}",
+            self.systemd_cgroup, self.shim_cgroup, self.io_owner, self.ignored
         )
     }
 }
@@ -138,6 +142,7 @@ fn runtime_options_fields(bytes: &[u8]) -> Result<(String, String), String> {
 /// The flat `Key = value` lines of a CRI handler's options table.
 fn parse_toml_body(body: &str) -> RuntimeOptions {
     let mut o = RuntimeOptions::default();
+    let (mut io_uid, mut io_gid) = (0u32, 0u32);
     for line in body.lines().map(str::trim) {
         let Some((key, value)) = line.split_once('=') else {
             continue;
@@ -149,10 +154,16 @@ fn parse_toml_body(body: &str) -> RuntimeOptions {
         match key {
             "SystemdCgroup" => o.systemd_cgroup = value == "true",
             "ShimCgroup" if !value.is_empty() => o.shim_cgroup = Some(value.to_owned()),
+            "IoUid" | "IoGid" => match value.parse::<u32>() {
+                Ok(id) if key == "IoUid" => io_uid = id,
+                Ok(id) => io_gid = id,
+                Err(_) => o.ignored.push(format!("{key} (not an id: {value:?})")),
+            },
             "" => {}
             other => o.ignored.push(other.to_owned()),
         }
     }
+    o.io_owner = (io_uid != 0 || io_gid != 0).then_some((io_uid, io_gid));
     o
 }
 
@@ -180,18 +191,32 @@ mod tests {
             RuntimeOptions::from_any(&any(RUNC_OPTIONS, o.write_to_bytes().unwrap())).unwrap();
         assert!(parsed.systemd_cgroup);
         assert_eq!(parsed.shim_cgroup.as_deref(), Some("/shims"));
+        assert_eq!(parsed.io_owner, None);
         assert_eq!(parsed.ignored, ["binary_name"]);
+        // What containerd 2.x's CRI sends for a user-namespaced pod of a handler without an
+        // options table: runc's options with the host ids of the container's user.
+        let o = RuncOptions {
+            io_uid: 200000,
+            io_gid: 300000,
+            ..Default::default()
+        };
+        let parsed =
+            RuntimeOptions::from_any(&any(RUNC_OPTIONS, o.write_to_bytes().unwrap())).unwrap();
+        assert_eq!(parsed.io_owner, Some((200000, 300000)));
+        assert!(parsed.ignored.is_empty());
     }
 
     #[test]
     fn cri_runtime_options_toml_body() {
-        let body = "SystemdCgroup = true\nShimCgroup = \"/pods/shims\"\nBinaryName = \"x\"\n";
+        let body =
+            "SystemdCgroup = true\nShimCgroup = \"/pods/shims\"\nBinaryName = \"x\"\nIoUid = 7\n";
         // field 1 (type_url) then field 3 (config_body), length-delimited.
         let mut v = vec![0x0a, 3, b'a', b'b', b'c', 0x1a, body.len() as u8];
         v.extend_from_slice(body.as_bytes());
         let parsed = RuntimeOptions::from_any(&any(RUNTIME_OPTIONS, v)).unwrap();
         assert!(parsed.systemd_cgroup);
         assert_eq!(parsed.shim_cgroup.as_deref(), Some("/pods/shims"));
+        assert_eq!(parsed.io_owner, Some((7, 0)));
         assert_eq!(parsed.ignored, ["BinaryName"]);
     }
 

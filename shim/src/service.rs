@@ -29,7 +29,6 @@ use containerd_shim_protos::{
     ttrpc::{self, TtrpcContext},
 };
 use log::{debug, error, info, warn};
-use nix::mount::{mount, MsFlags};
 use runtime::{
     cgroups::{self, Layout},
     hooks,
@@ -45,6 +44,7 @@ use crate::{
     exits::ExitMonitor,
     oom::OomWatcher,
     options::RuntimeOptions,
+    rootfs,
     stdio::LaunchIo,
 };
 
@@ -75,52 +75,6 @@ pub struct Service {
     shutdown: Arc<ShutdownSignal>,
     /// None if its descriptors could not be created (logged): no OOM events then.
     oom: Option<OomWatcher>,
-}
-
-/// Mounts what containerd prepared (usually one overlay) onto `<bundle>/rootfs`.
-fn mount_rootfs(bundle: &Path, mounts: &[api::Mount]) -> Result<bool> {
-    if mounts.is_empty() {
-        return Ok(false);
-    }
-    let target = bundle.join("rootfs");
-    std::fs::create_dir_all(&target)
-        .map_err(|e| Error::Internal(format!("mkdir {}: {e}", target.display())))?;
-    for m in mounts {
-        let mut flags = MsFlags::empty();
-        let mut data = Vec::new();
-        for o in &m.options {
-            match o.as_str() {
-                "ro" => flags |= MsFlags::MS_RDONLY,
-                "rw" => {}
-                "bind" => flags |= MsFlags::MS_BIND,
-                "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-                "nosuid" => flags |= MsFlags::MS_NOSUID,
-                "nodev" => flags |= MsFlags::MS_NODEV,
-                "noexec" => flags |= MsFlags::MS_NOEXEC,
-                other => data.push(other),
-            }
-        }
-        let data = data.join(",");
-        if data.len() >= 4096 {
-            return Err(Error::Unimplemented(format!(
-                "rootfs mount options longer than a page ({} bytes) are not supported yet",
-                data.len()
-            )));
-        }
-        let fstype = (!m.type_.is_empty() && m.type_ != "bind").then_some(m.type_.as_str());
-        mount(
-            Some(m.source.as_str()),
-            &target,
-            fstype,
-            flags,
-            (!data.is_empty()).then_some(data.as_str()),
-        )
-        .map_err(|e| {
-            let _ = state::unmount_rootfs(&target);
-            Error::Internal(format!("mount rootfs ({} {}): {e}", m.type_, m.source))
-        })?;
-    }
-    Ok(true)
 }
 
 impl Service {
@@ -180,7 +134,7 @@ impl Service {
             self.move_shim_into(cg)?;
         }
         let bundle = PathBuf::from(&req.bundle);
-        let rootfs_mounted = mount_rootfs(&bundle, &req.rootfs)?;
+        let rootfs_mounted = rootfs::mount(&bundle, &req.rootfs, &self.zygote)?;
         let result = self.launch(req, &opts, &bundle, rootfs_mounted);
         if result.is_err() && rootfs_mounted {
             let _ = state::unmount_rootfs(&bundle.join("rootfs"));
@@ -212,7 +166,7 @@ impl Service {
                 req.terminal, plan.process.terminal
             )));
         }
-        let io = LaunchIo::open(&stdio_paths, &id, &self.namespace)?;
+        let io = LaunchIo::open(&stdio_paths, &id, &self.namespace, opts.io_owner)?;
         let t_planned = t0.elapsed();
         if let Err(e) = cgroups::create(&plan.cgroup) {
             let _ = cgroups::destroy(&plan.cgroup);
@@ -322,6 +276,7 @@ impl Service {
             bundle: bundle.to_path_buf(),
             rootfs_mounted,
             stdio: stdio_paths,
+            io_owner: opts.io_owner,
             plan,
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
@@ -529,7 +484,7 @@ impl Service {
             s.starting = true;
         }
         let plan = runtime::plan::exec_plan(&c.plan, init_pid, e.spec.clone());
-        let io = LaunchIo::open(&e.stdio, &c.id, &self.namespace)
+        let io = LaunchIo::open(&e.stdio, &c.id, &self.namespace, c.io_owner)
             .inspect_err(|_| e.process.lock().starting = false)?;
         let on_exit = {
             let (watched, events, cid, xid, order) = (

@@ -132,6 +132,22 @@ fn open_log_uri(uri: &str, id: &str, namespace: &str) -> Result<Option<(File, Fi
     Ok(Some((out_w, err_w)))
 }
 
+/// fchown of a fifo or pipe (containerd's stdio fifos, our stdin pipe, a logger's pipe);
+/// anything else (/dev/null, a `file://` log) is left alone.
+fn give_fifo(f: &File, uid: u32, gid: u32) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_fifo = f
+        .metadata()
+        .map_err(|e| Error::Internal(format!("stdio: fstat: {e}")))?
+        .file_type()
+        .is_fifo();
+    if is_fifo {
+        std::os::unix::fs::fchown(f, Some(uid), Some(gid))
+            .map_err(|e| Error::Internal(format!("stdio: chown to {uid}:{gid}: {e}")))?;
+    }
+    Ok(())
+}
+
 fn strip_scheme(path: &str) -> &str {
     path.strip_prefix("fifo://").unwrap_or(path)
 }
@@ -304,8 +320,15 @@ pub struct LaunchIo {
 }
 
 impl LaunchIo {
-    /// Opens what containerd named for process `id` of `namespace`.
-    pub fn open(paths: &StdioPaths, id: &str, namespace: &str) -> Result<LaunchIo> {
+    /// Opens what containerd named for process `id` of `namespace`. `owner` (uid, gid) gets
+    /// the fifos and pipes the process is given, so that a user-namespaced process can reopen
+    /// them (`/dev/stdout`), as runc's shim does for its pipes with IoUid/IoGid.
+    pub fn open(
+        paths: &StdioPaths,
+        id: &str,
+        namespace: &str,
+        owner: Option<(u32, u32)>,
+    ) -> Result<LaunchIo> {
         let mut kept = Vec::new();
         let mut keep = |o: Option<(File, File)>| {
             o.map(|(w, r)| {
@@ -340,12 +363,18 @@ impl LaunchIo {
             }
             None => (dev_null(false)?, None),
         };
+        let child = [
+            child_in,
+            stdout.map_or_else(|| dev_null(true), Ok)?,
+            stderr.map_or_else(|| dev_null(true), Ok)?,
+        ];
+        if let Some((uid, gid)) = owner {
+            for f in &child {
+                give_fifo(f, uid, gid)?;
+            }
+        }
         Ok(LaunchIo {
-            child: [
-                child_in,
-                stdout.map_or_else(|| dev_null(true), Ok)?,
-                stderr.map_or_else(|| dev_null(true), Ok)?,
-            ],
+            child,
             stdin,
             stdin_pipe,
             terminal_out: None,

@@ -20,11 +20,14 @@
 #   SHIM_RS_IMAGE_DIR     image cache dir used by `start` (default: <repo>/.work/image)
 #   SHIM_RS_START_TIMEOUT seconds to wait for containerd to answer (default: 30)
 #   BUSYBOX               static busybox to put in the image (default: /bin/busybox)
-#   SHIM_RS_CRI=1         at `start`: CRI mode (containerd 1.x only): the CRI plugin on
-#                         WORKDIR/containerd.sock, runtime handlers `rs` (ours) and
-#                         `runc`, a local pause image as sandbox_image, loopback-only
-#                         CNI (plugins from /usr/lib/cni, containernetworking-plugins);
-#                         the busybox and pause images are imported into `k8s.io`
+#   SHIM_RS_CRI=1         at `start`: CRI mode (containerd 1.x: config version 2,
+#                         2.x: version 3): the CRI plugin on WORKDIR/containerd.sock,
+#                         runtime handlers `rs` and `rs-bare` (ours, with and without
+#                         an options table) and `runc` (the runc shim next to
+#                         containerd first on PATH), a local pause image as sandbox
+#                         image, loopback-only CNI (plugins from /usr/lib/cni,
+#                         containernetworking-plugins); the busybox and pause images
+#                         are imported into `k8s.io`
 #
 # Everything here is bounded in time and touches only what it can prove is
 # its own: processes are found through WORKDIR paths, never by name.
@@ -284,21 +287,41 @@ containerd_major() {
     printf '%s\n' "${BASH_REMATCH[0]}"
 }
 
-# CRI mode (containerd 1.x, config version 2): everything private to WORKDIR except
-# the pods' network namespaces, which containerd 1.6 always makes under /var/run/netns
-# (unique names; `stop` removes those of our pods).
+# CRI mode: everything private to WORKDIR except the pods' network namespaces, which
+# containerd makes under /var/run/netns (unique names; `stop` removes those of our pods).
+# Same settings on every containerd line, spelled for its config version: 1.x reads
+# version 2 with everything in `io.containerd.grpc.v1.cri`; 2.x reads version 3, where
+# CRI is split into `io.containerd.cri.v1.images` (snapshotter, pinned sandbox image),
+# `io.containerd.cri.v1.runtime` (runtimes, CNI, the OCI spec switches) and
+# `io.containerd.grpc.v1.cri` (the gRPC service and the streaming server).
+# Unprivileged ports and ICMP are switched on everywhere (2.x's default, off in 1.x):
+# the sandbox spec then carries the net.ipv4 sysctls kubelet's pods get on 2.x.
+# Handlers: `rs` (ours, with an options table: the shim gets runtimeoptions.v1.Options),
+# `rs-bare` (ours, runtime_type alone: the README's snippet; containerd then sends no
+# options, or runc's where it adds its own, as for user-namespaced pods) and `runc`.
 write_cri_config() {
-    local w="$1" level="$2"
-    # Loopback only. containerd 1.6 fails a pod whose default network yields no IP
+    local w="$1" level="$2" major="$3"
+    # Loopback only. containerd fails a pod whose default network yields no IP
     # (it wants one for "eth0"), so the chain ends with the stateless `static` IPAM
     # plugin reporting the pod's own 127.0.0.1: no interface, route or host state is
     # made, and no traffic can leave the pod.
     mkdir -p "$w/cni/net.d"
     printf '%s\n' '{"cniVersion":"0.4.0","name":"lo","plugins":[{"type":"loopback"},{"type":"static","ipam":{"type":"static","addresses":[{"address":"127.0.0.1/8"}]}}]}' \
         >"$w/cni/net.d/10-lo.conflist"
-    cat >"$w/config.toml" <<EOF
+    if ((major >= 2)); then
+        write_cri_config_v3 "$w" "$level"
+    else
+        write_cri_config_v2 "$w" "$level"
+    fi
+}
+
+# The top of both: private root, state, sockets and opt; NRI off (it would share
+# /var/run/nri/nri.sock with the machine's containerd).
+cri_config_head() {
+    local w="$1" level="$2" version="$3"
+    cat <<EOF
 # Written by tests/harness/containerd.sh (SHIM_RS_CRI=1): a private containerd with CRI.
-version = 2
+version = $version
 root = "$w/root"
 state = "$w/state"
 disabled_plugins = ["io.containerd.nri.v1.nri"]
@@ -319,12 +342,23 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
 [plugins]
   [plugins."io.containerd.internal.v1.opt"]
     path = "$w/opt"
+EOF
+}
+
+# containerd 1.x (config version 2).
+write_cri_config_v2() {
+    local w="$1" level="$2"
+    {
+        cri_config_head "$w" "$level" 2
+        cat <<EOF
   [plugins."io.containerd.grpc.v1.cri"]
     sandbox_image = "$PAUSE_IMAGE_NAME"
     # Containers may not get a lower oom_score_adj than the shim (no CAP_SYS_RESOURCE here).
     restrict_oom_score_adj = true
     disable_apparmor = true
     enable_selinux = false
+    enable_unprivileged_ports = true
+    enable_unprivileged_icmp = true
     # The streaming server (exec/attach/port-forward URLs) listens on loopback only.
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
@@ -335,6 +369,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         runtime_type = "io.containerd.rs.v1"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs.options]
           SystemdCgroup = false
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs-bare]
+        runtime_type = "io.containerd.rs.v1"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
@@ -344,6 +380,52 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
       conf_dir = "$w/cni/net.d"
       max_conf_num = 1
 EOF
+    } >"$w/config.toml"
+}
+
+# containerd 2.x (config version 3): the same settings under the split CRI plugins.
+# Pods use the default `podsandbox` sandboxer (the pause container runs as a task of
+# the handler's shim, as in 1.x).
+write_cri_config_v3() {
+    local w="$1" level="$2"
+    {
+        cri_config_head "$w" "$level" 3
+        cat <<EOF
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.cri.v1.images".pinned_images]
+      sandbox = "$PAUSE_IMAGE_NAME"
+  [plugins."io.containerd.cri.v1.runtime"]
+    # Containers may not get a lower oom_score_adj than the shim (no CAP_SYS_RESOURCE here).
+    restrict_oom_score_adj = true
+    disable_apparmor = true
+    enable_selinux = false
+    enable_unprivileged_ports = true
+    enable_unprivileged_icmp = true
+    [plugins."io.containerd.cri.v1.runtime".containerd]
+      default_runtime_name = "runc"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.rs]
+        runtime_type = "io.containerd.rs.v1"
+        sandboxer = "podsandbox"
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.rs.options]
+          SystemdCgroup = false
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.rs-bare]
+        runtime_type = "io.containerd.rs.v1"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        sandboxer = "podsandbox"
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+    [plugins."io.containerd.cri.v1.runtime".cni]
+      bin_dirs = ["$CNI_BIN_DIR"]
+      conf_dir = "$w/cni/net.d"
+      max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri"]
+    # The streaming server (exec/attach/port-forward URLs) listens on loopback only.
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+EOF
+    } >"$w/config.toml"
 }
 
 write_config() {
@@ -450,10 +532,9 @@ cmd_start() {
     local cri="${SHIM_RS_CRI:-0}" major pause_image=""
     major="$(containerd_major "$cbin")"
     if [[ "$cri" == 1 ]]; then
-        ((major == 1)) || die "SHIM_RS_CRI=1 supports containerd 1.x only (this is $("$cbin" --version | awk '{print $3}'))"
         [[ -x "$CNI_BIN_DIR/loopback" && -x "$CNI_BIN_DIR/static" ]] ||
             die "$CNI_BIN_DIR/loopback missing: apt-get install containernetworking-plugins"
-        write_cri_config "$w" "$level"
+        write_cri_config "$w" "$level" "$major"
         pause_image="$(cmd_pause_image "${SHIM_RS_IMAGE_DIR:-$REPO_DIR/.work/image}")"
     else
         write_config "$w" "$level" "$major"
@@ -463,7 +544,11 @@ cmd_start() {
     image="$(cmd_image "${SHIM_RS_IMAGE_DIR:-$REPO_DIR/.work/image}")"
 
     local path="$PATH"
-    [[ -n "$bindir" ]] && path="$bindir:$PATH"
+    # CRI mode: the `runc` handler must get the containerd-shim-runc-v2 of the same
+    # package as containerd (a 2.x containerd with Debian 12's 1.6 shim is not a pairing
+    # anyone runs); containerd looks on PATH before its own directory.
+    [[ "$cri" == 1 ]] && path="$(dirname "$cbin"):$path"
+    [[ -n "$bindir" ]] && path="$bindir:$path"
 
     # setsid: own session, so the caller's terminal signals do not reach it;
     # std fds point at the log so no caller pipe is held open.
@@ -508,7 +593,11 @@ cmd_start() {
         warn "image import failed: $out"
         exit 1
     fi
-    if ! "$ctr" --address "$w/containerd.sock" -n "$ns" images ls -q | grep -qxF "$IMAGE_NAME"; then
+    # The listing is captured before grep: `ctr ... | grep -q` under pipefail fails
+    # whenever grep exits before ctr has written its last line (SIGPIPE).
+    local listed
+    listed="$("$ctr" --address "$w/containerd.sock" -n "$ns" images ls -q)" || true
+    if ! grep -qxF "$IMAGE_NAME" <<<"$listed"; then
         warn "image $IMAGE_NAME missing after import: $out"
         exit 1
     fi
@@ -522,8 +611,9 @@ cmd_start() {
                 exit 1
             fi
         done
+        listed="$("$ctr" --address "$w/containerd.sock" -n k8s.io images ls -q)" || true
         for name in "$IMAGE_NAME" "$PAUSE_IMAGE_NAME"; do
-            "$ctr" --address "$w/containerd.sock" -n k8s.io images ls -q | grep -qxF "$name" ||
+            grep -qxF "$name" <<<"$listed" ||
                 { warn "image $name missing in k8s.io after import"; exit 1; }
         done
     fi

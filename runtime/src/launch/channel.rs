@@ -37,6 +37,10 @@ impl Channel {
         self.0.as_raw_fd()
     }
 
+    pub fn into_fd(self) -> OwnedFd {
+        self.0
+    }
+
     /// A connected pair; both ends are close-on-exec.
     pub fn pair() -> Result<(Channel, Channel)> {
         let (a, b) = socketpair(

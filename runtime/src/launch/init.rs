@@ -190,9 +190,7 @@ fn setup(
     kernel::apply_lsm_labels(&plan.kernel)?;
 
     if !plan.exec {
-        rootfs::prepare(plan, launcher.idmapped_mounts, || {
-            create_hooks(plan, channel)
-        })?;
+        rootfs::prepare(plan, launcher.bind_trees, || create_hooks(plan, channel))?;
     }
     kernel::apply_process_settings(&plan.kernel)?;
 

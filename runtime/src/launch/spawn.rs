@@ -3,8 +3,9 @@
 //! Without namespaces to join, one clone with the plan's flags does it. With some, a helper
 //! process joins them first (see [`namespaces::join_all`]) and clones the init with
 //! CLONE_PARENT, so that the init is still the launcher's child. A new user namespace is
-//! mapped from here, outside, while the init waits; idmapped mounts are made here too, before
-//! the clone, and the init inherits them as descriptors ([`LauncherFds`]).
+//! mapped from here, outside, while the init waits; bind trees the init cannot make (idmapped,
+//! or out of a user namespace's reach) are made here too, before the clone, and the init
+//! inherits them as descriptors ([`LauncherFds`]).
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
@@ -20,8 +21,8 @@ use crate::{
 pub struct LauncherFds {
     /// Becomes readable once the init's new user namespace is mapped.
     pub mapped: Option<OwnedFd>,
-    /// Detached idmapped mount trees, by mount index.
-    pub idmapped_mounts: Vec<Option<OwnedFd>>,
+    /// Detached bind trees (idmapped binds; every bind in a user namespace), by mount index.
+    pub bind_trees: Vec<Option<OwnedFd>>,
 }
 
 /// clone(2) with fork semantics: 0 in the child, the child's pid in the parent. Only for the
@@ -136,7 +137,7 @@ pub fn spawn(
     cgroup: Option<BorrowedFd<'_>>,
     init: impl FnOnce(LauncherFds),
 ) -> Result<(i32, bool)> {
-    let idmapped_mounts = idmap::prepare(plan)?;
+    let bind_trees = idmap::prepare(plan)?;
     let ns = &plan.namespaces;
     let map_signal = ns
         .creates(NamespaceKind::User)
@@ -151,7 +152,7 @@ pub fn spawn(
     if pid == 0 {
         init(LauncherFds {
             mapped: map_signal.map(user::MapSignal::into_receiver),
-            idmapped_mounts,
+            bind_trees,
         });
         // Never back into the launcher's loop as a second launcher.
         // SAFETY: _exit has no preconditions.

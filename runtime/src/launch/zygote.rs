@@ -10,7 +10,11 @@ use nix::sys::signal::{SigSet, Signal};
 use serde::{Deserialize, Serialize};
 
 use super::{channel::Channel, init, spawn, Launched};
-use crate::{plan::LaunchPlan, Error, Result};
+use crate::{
+    namespaces::user,
+    plan::{idmap::IdMappings, LaunchPlan},
+    Error, Result,
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
@@ -20,6 +24,9 @@ enum Request {
         plan: Box<LaunchPlan>,
         into_cgroup: bool,
     },
+    /// A user namespace with these maps, for idmapped mounts the shim makes itself (the
+    /// rootfs containerd prepares); `field` names where the maps come from.
+    UserNamespace { mappings: IdMappings, field: String },
 }
 
 /// An exit of a process the launcher started: sent on the exit channel, in reaping order.
@@ -40,6 +47,8 @@ enum Reply {
         /// Born in the cgroup it was sent: no move needed.
         in_cgroup: bool,
     },
+    /// Comes with one descriptor: the user namespace.
+    UserNamespace,
     Failed {
         error: String,
     },
@@ -129,6 +138,27 @@ impl Zygote {
     }
 }
 
+impl Zygote {
+    /// A user namespace with `mappings`, held by descriptor (for MOUNT_ATTR_IDMAP). Making one
+    /// takes a short-lived child, so the single-threaded launcher makes it, not the shim.
+    pub fn user_namespace(&self, mappings: &IdMappings, field: &str) -> Result<OwnedFd> {
+        let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        channel.send(
+            &Request::UserNamespace {
+                mappings: mappings.clone(),
+                field: field.to_owned(),
+            },
+            &[],
+        )?;
+        match channel.recv::<Reply>()? {
+            Some((Reply::UserNamespace, mut fds)) if fds.len() == 1 => Ok(fds.pop().unwrap()),
+            Some((Reply::Failed { error }, _)) => Err(Error::Init(error)),
+            Some(_) => Err(Error::Other("launcher sent a malformed reply".into())),
+            None => Err(Error::Other("the launcher process is gone".into())),
+        }
+    }
+}
+
 /// The shim's end of the exit channel.
 #[derive(Debug)]
 pub struct ExitChannel(Channel);
@@ -202,17 +232,17 @@ fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
             Ok(None) => std::process::exit(0),
             Err(e) => Err(e),
             Ok(Some((Request::Launch { plan, into_cgroup }, fds))) => {
-                launch(&plan, fds, into_cgroup)
+                launch(&plan, fds, into_cgroup).map(|(pid, in_cgroup, ch)| {
+                    launched.insert(pid);
+                    (Reply::Launched { pid, in_cgroup }, ch.into_fd())
+                })
+            }
+            Ok(Some((Request::UserNamespace { mappings, field }, _))) => {
+                user::userns_fd(&mappings, &field).map(|ns| (Reply::UserNamespace, ns))
             }
         };
         let sent = match reply {
-            Ok((pid, in_cgroup, init_channel)) => {
-                launched.insert(pid);
-                channel.send(
-                    &Reply::Launched { pid, in_cgroup },
-                    &[init_channel.as_raw_fd()],
-                )
-            }
+            Ok((reply, fd)) => channel.send(&reply, &[fd.as_raw_fd()]),
             Err(e) => channel.send(
                 &Reply::Failed {
                     error: e.to_string(),

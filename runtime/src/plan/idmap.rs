@@ -2,7 +2,7 @@
 //! mount (`mounts[].uidMappings`). Both end up as the text of /proc/<pid>/{uid,gid}_map, so
 //! both are checked here against the kernel's rules, with errors that name the field.
 
-use oci_spec::runtime::{LinuxIdMapping, Mount};
+use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, Mount};
 use serde::{Deserialize, Serialize};
 
 use super::{MountPlan, NamespaceKind, NamespacePlan};
@@ -155,6 +155,36 @@ pub fn plan_pair(
     }
 }
 
+/// The mappings of containerd's `uidmap=`/`gidmap=` mount options (its overlay snapshotter
+/// adds them to the rootfs of a user-namespaced pod): `containerID:hostID:size`, comma-separated.
+/// `field` names the option in errors.
+pub fn parse_option_mappings(field: &str, text: &str) -> Result<Vec<IdMapping>> {
+    let list = text
+        .split(',')
+        .enumerate()
+        .map(|(i, triple)| {
+            let ids: Vec<u32> = triple
+                .split(':')
+                .map(|n| n.trim().parse::<u32>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::invalid(format!("{field}[{i}]"), format!("{triple:?}: {e}")))?;
+            match ids[..] {
+                [container_id, host_id, size] => LinuxIdMappingBuilder::default()
+                    .container_id(container_id)
+                    .host_id(host_id)
+                    .size(size)
+                    .build()
+                    .map_err(|e| Error::invalid(format!("{field}[{i}]"), e.to_string())),
+                _ => Err(Error::invalid(
+                    format!("{field}[{i}]"),
+                    format!("{triple:?} is not containerID:hostID:size"),
+                )),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    plan_mappings(field, &list)
+}
+
 /// An idmapped bind mount: the launcher clones the source tree outside the container, applies
 /// a user namespace with `mappings` to it (to its top mount, or to every mount with `ridmap`),
 /// and the init moves the result onto the destination.
@@ -225,9 +255,35 @@ pub fn complete_mount_idmaps(mounts: &mut [MountPlan], namespaces: &NamespacePla
 }
 
 #[cfg(test)]
+mod option_tests {
+    use super::*;
+
+    #[test]
+    fn containerd_mapping_options_parse_and_are_checked() {
+        let m = |c, h, s| IdMapping {
+            container_id: c,
+            host_id: h,
+            size: s,
+        };
+        assert_eq!(
+            parse_option_mappings("uidmap", "0:666:1000,1000:6666:64536").unwrap(),
+            [m(0, 666, 1000), m(1000, 6666, 64536)]
+        );
+        let err = |t: &str| parse_option_mappings("uidmap", t).unwrap_err().to_string();
+        assert!(err("0:666").contains("uidmap[0]"), "{}", err("0:666"));
+        assert!(
+            err("0:1:1,x:1:1").contains("uidmap[1]"),
+            "{}",
+            err("0:1:1,x:1:1")
+        );
+        assert!(err("0:1:0").contains("size must not be 0"));
+        assert!(err("0:1:10,5:100:10").contains("overlaps"));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::LinuxIdMappingBuilder;
 
     fn m(container_id: u32, host_id: u32, size: u32) -> LinuxIdMapping {
         LinuxIdMappingBuilder::default()
