@@ -10,7 +10,7 @@ use std::{
     ffi::OsString,
     io::Write,
     os::{
-        fd::{AsRawFd, IntoRawFd},
+        fd::AsRawFd,
         unix::net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
@@ -21,7 +21,6 @@ use containerd_shim::Flags;
 use containerd_shim_protos::{
     api::DeleteResponse,
     protobuf::{well_known_types::any::Any, Message, MessageField},
-    ttrpc::Server,
     types::introspection::{RuntimeInfo, RuntimeVersion},
 };
 use log::{error, info};
@@ -30,9 +29,11 @@ use runtime::launch::Zygote;
 use crate::{
     bootstrap::{self, StartConfig},
     events::{self, EventQueue},
-    exits::ExitMonitor,
     logger,
-    service::{Service, ShutdownSignal},
+    oom::OomWatcher,
+    reactor::Reactor,
+    task::Service,
+    ttrpc,
 };
 
 pub const RUNTIME_NAME: &str = "io.containerd.rs.v1";
@@ -244,33 +245,36 @@ fn daemon(cfg: &StartConfig, listener: UnixListener, socket: &Path) -> Result<()
     let zygote = unsafe { Zygote::spawn() }.map_err(|e| e.to_string())?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
 
-    let exits = ExitMonitor::start(
-        zygote
-            .take_exit_channel()
-            .ok_or("launcher exit channel missing")?,
+    let exits = zygote
+        .take_exit_channel()
+        .ok_or("launcher exit channel missing")?;
+    let events = Arc::new(
+        EventQueue::start(cfg.ttrpc_address.clone(), cfg.namespace.clone())
+            .map_err(|e| format!("start the events thread: {e}"))?,
     );
-    let events = Arc::new(EventQueue::start(
-        cfg.ttrpc_address.clone(),
-        cfg.namespace.clone(),
-    ));
-    let shutdown = Arc::new(ShutdownSignal::default());
-    let service = Service::new(
+    let oom = OomWatcher::start(events.clone())
+        .map_err(|e| error!("OOM watcher: {e}: no /tasks/oom events from this shim"))
+        .ok();
+    let mut reactor = Reactor::new().map_err(|e| format!("event loop: {e}"))?;
+    let service = Arc::new(Service::new(
         cfg.namespace.clone(),
         zygote,
-        exits,
         events.clone(),
-        shutdown.clone(),
-    );
-    // Wait RPCs block a worker each until their process exits: a pod with many containers
-    // needs many workers, or its other RPCs would queue behind the Waits. Idle workers exit.
-    let mut server = Server::new()
-        .set_thread_count_min(1)
-        .set_thread_count_default(2)
-        .set_thread_count_max(256)
-        .add_listener(listener.into_raw_fd())
-        .map_err(|e| format!("ttrpc listener: {e}"))?
-        .register_service(bootstrap::task_services(Arc::new(service)));
-    server.start().map_err(|e| format!("ttrpc server: {e}"))?;
+        reactor.handle(),
+        oom,
+    ));
+    service
+        .watch_exits(&mut reactor, exits)
+        .map_err(|e| format!("watch the launcher's exits: {e}"))?;
+    let svc = service.clone();
+    ttrpc::server::serve(
+        &mut reactor,
+        listener,
+        Arc::new(move |r: &mut Reactor, method: &str, payload, resp| {
+            svc.dispatch(r, method, payload, resp)
+        }),
+    )
+    .map_err(|e| format!("ttrpc listener: {e}"))?;
     info!(
         "shim daemon {} serving {} and {} on {}, started by {}",
         std::process::id(),
@@ -279,12 +283,12 @@ fn daemon(cfg: &StartConfig, listener: UnixListener, socket: &Path) -> Result<()
         socket.display(),
         cfg.origin
     );
-
-    shutdown.wait();
-    events.drain();
+    // Until Shutdown finds no container left.
+    reactor.run();
+    events.drain(std::time::Duration::from_secs(5));
     let _ = std::fs::remove_file(socket);
     info!("shim daemon {} exiting", std::process::id());
-    // Exit without tearing down the server's threads: the socket is gone and nothing is pending.
+    // Exit without tearing down other threads: the socket is gone and nothing is pending.
     std::process::exit(0)
 }
 

@@ -76,11 +76,29 @@ impl Channel {
 
     /// Receives one message; `None` when the peer has closed its end (or exec'd).
     pub fn recv<T: DeserializeOwned>(&self) -> Result<Option<(T, Vec<OwnedFd>)>> {
+        match self.receive(MsgFlags::empty())? {
+            Received::Message(m, fds) => Ok(Some((m, fds))),
+            Received::Closed => Ok(None),
+            Received::Empty => unreachable!("a blocking receive waits for a message"),
+        }
+    }
+
+    /// Receives one message if one is there, without blocking.
+    pub fn try_recv<T: DeserializeOwned>(&self) -> Result<Received<T>> {
+        self.receive(MsgFlags::MSG_DONTWAIT)
+    }
+
+    fn receive<T: DeserializeOwned>(&self, flags: MsgFlags) -> Result<Received<T>> {
         let fd = self.0.as_raw_fd();
         // Peek the packet's real length so the buffer fits it exactly.
         let len = loop {
-            match recv(fd, &mut [], MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC) {
+            match recv(
+                fd,
+                &mut [],
+                flags | MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+            ) {
                 Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::EAGAIN) => return Ok(Received::Empty),
                 Err(e) => return Err(err("recv", e)),
                 Ok(n) => break n,
             }
@@ -93,7 +111,7 @@ impl Channel {
                 fd,
                 &mut iov,
                 Some(&mut cmsg_buf),
-                MsgFlags::MSG_CMSG_CLOEXEC,
+                flags | MsgFlags::MSG_CMSG_CLOEXEC,
             ) {
                 Err(nix::Error::EINTR) => continue,
                 Err(e) => return Err(err("recvmsg", e)),
@@ -110,10 +128,20 @@ impl Channel {
             }
         };
         if n == 0 {
-            return Ok(None);
+            return Ok(Received::Closed);
         }
         let msg = serde_json::from_slice(&buf[..n])
             .map_err(|e| Error::Other(format!("launcher channel: bad message: {e}")))?;
-        Ok(Some((msg, fds)))
+        Ok(Received::Message(msg, fds))
     }
+}
+
+/// What a non-blocking receive found.
+#[derive(Debug)]
+pub enum Received<T> {
+    Message(T, Vec<OwnedFd>),
+    /// Nothing there yet.
+    Empty,
+    /// The peer closed its end (or exec'd).
+    Closed,
 }

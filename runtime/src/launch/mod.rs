@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use serde::{Deserialize, Serialize};
 
 use self::channel::Channel;
-pub use self::zygote::{Exit, ExitChannel, Zygote};
+pub use self::zygote::{Exit, ExitChannel, ExitReport, Zygote};
 use crate::{plan::seccomp::ListenerPlan, seccomp, Error, Result};
 
 /// init -> shim.

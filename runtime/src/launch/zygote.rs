@@ -9,7 +9,10 @@ use std::{
 use nix::sys::signal::{SigSet, Signal};
 use serde::{Deserialize, Serialize};
 
-use super::{channel::Channel, init, spawn, Launched};
+use super::{
+    channel::{Channel, Received},
+    init, spawn, Launched,
+};
 use crate::{
     namespaces::user,
     plan::{idmap::IdMappings, LaunchPlan},
@@ -159,6 +162,16 @@ impl Zygote {
     }
 }
 
+/// What [`ExitChannel::try_recv`] found.
+#[derive(Debug)]
+pub enum ExitReport {
+    Exit(Exit),
+    /// No exit to report now.
+    Nothing,
+    /// The channel is closed: the launcher died.
+    LauncherGone,
+}
+
 /// The shim's end of the exit channel.
 #[derive(Debug)]
 pub struct ExitChannel(Channel);
@@ -170,6 +183,21 @@ impl ExitChannel {
             Ok(Some((exit, _))) => Some(exit),
             _ => None,
         }
+    }
+
+    /// The next exit if one is there, without blocking.
+    pub fn try_recv(&self) -> ExitReport {
+        match self.0.try_recv::<Exit>() {
+            Ok(Received::Message(exit, _)) => ExitReport::Exit(exit),
+            Ok(Received::Empty) => ExitReport::Nothing,
+            Ok(Received::Closed) | Err(_) => ExitReport::LauncherGone,
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for ExitChannel {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
     }
 }
 
