@@ -143,6 +143,39 @@ fn apply_capability_sets(caps: &CapabilitiesPlan) -> Result<()> {
     Ok(())
 }
 
+/// Gives the process's stdio (fifos, pipes, its terminal) to its user, as runc does, so that a
+/// non-root process can reopen them (`echo > /dev/stderr`, a log file symlinked to
+/// /dev/stdout). Only the owner changes: the group stays (a terminal keeps devpts' `tty`
+/// group). /dev/null and what the user already owns are left alone, and where the kernel
+/// refuses (an owner unmapped in a user namespace, a read-only /dev) the stdio stays as it is.
+pub fn give_stdio_to_user(uid: u32) -> Result<()> {
+    let dev_null = libc::makedev(1, 3);
+    for fd in 0..3 {
+        // SAFETY: fstat into a zeroed stat of our own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            continue; // not open
+        }
+        let is_null = st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == dev_null;
+        if is_null || st.st_uid == uid {
+            continue;
+        }
+        // SAFETY: fchown of one of our descriptors; -1 keeps the group.
+        if unsafe { libc::fchown(fd, uid, u32::MAX) } != 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINVAL | libc::EPERM | libc::EROFS) => {}
+                _ => {
+                    return Err(Error::Init(format!(
+                        "stdio: give fd {fd} to uid {uid}: {e}"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn set_no_new_privileges() -> Result<()> {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {

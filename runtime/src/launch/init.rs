@@ -199,10 +199,11 @@ fn setup(
     let p = &plan.process;
     // Allocated in the container's own devpts, after pivot_root (or the exec's setns).
     let console = if p.terminal {
-        Some(terminal::setup(p.console_size, p.uid, p.gid, !plan.exec)?)
+        Some(terminal::setup(p.console_size, !plan.exec)?)
     } else {
         None
     };
+    process::give_stdio_to_user(p.uid)?;
     process::set_rlimits(p)?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(p.umask.unwrap_or(0o022)) };
