@@ -429,11 +429,14 @@ fn make_readonly(path: &Path) -> Result<()> {
 
 /// Builds the root filesystem and pivots into it. Afterwards "/" is the container's root.
 /// `idmapped` holds the trees the launcher made for idmapped mounts, by mount index.
-/// `before_pivot` runs once the mounts are in place (the create hooks' moment).
+/// `before_pivot` runs once the mounts are in place (the create hooks' moment), `after_pivot`
+/// right after the pivot, before the read-only and masked paths (the console's moment, so
+/// that /dev/console comes in the mount table where runc puts it).
 pub fn prepare(
     plan: &LaunchPlan,
     idmapped: Vec<Option<OwnedFd>>,
     before_pivot: impl FnOnce() -> Result<()>,
+    after_pivot: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
     let propagation = MsFlags::from_bits_retain(plan.rootfs_propagation);
     let mut early_trees = clone_shared_binds(plan)?;
@@ -485,6 +488,7 @@ pub fn prepare(
     }
     before_pivot()?;
     enter_root(plan, &root)?;
+    after_pivot()?;
     for p in &plan.readonly_paths {
         make_readonly(p)?;
     }
