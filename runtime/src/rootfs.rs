@@ -131,6 +131,21 @@ fn check_no_symlinks(root: &RootDir, field: &str, dest: &Path) -> Result<()> {
     }
 }
 
+/// A tmpfs mounted on a directory the image has takes that directory's mode, as with runc
+/// (a tmpfs on the image's 0700 /root stays 0700). An explicit `mode=` wins, as in runc 1.2
+/// and later (runc 1.1 chmods over it).
+fn tmpfs_mode_to_keep(root: &RootDir, m: &MountPlan) -> Option<libc::mode_t> {
+    if m.fstype.as_deref() != Some("tmpfs") || m.is_bind() {
+        return None;
+    }
+    if m.data.split(',').any(|o| o.starts_with("mode=")) {
+        return None;
+    }
+    let existing = root.open_in(&m.destination, libc::O_PATH).ok()?;
+    let st = nix::sys::stat::fstat(&existing).ok()?;
+    (st.st_mode & libc::S_IFMT == libc::S_IFDIR).then_some(st.st_mode & 0o7777)
+}
+
 fn apply_mount(
     root: &RootDir,
     plan: &LaunchPlan,
@@ -151,6 +166,7 @@ fn apply_mount(
     }
 
     let is_bind = flags.contains(MsFlags::MS_BIND);
+    let covered_mode = tmpfs_mode_to_keep(root, m);
     let mut as_file = false;
     if is_bind {
         let src = source.as_deref().unwrap_or(Path::new(""));
@@ -224,6 +240,13 @@ fn apply_mount(
                 .map_err(|e| Error::Init(format!("{}: tmpcopyup: {e}", what())))?;
             copyup::copy_dir(covered.as_fd(), new.as_fd())
                 .map_err(|e| Error::Init(format!("{}: tmpcopyup: {e}", what())))?;
+        }
+        if let Some(mode) = covered_mode {
+            let new = root
+                .open_in(&m.destination, libc::O_RDONLY | libc::O_DIRECTORY)
+                .map_err(|e| Error::Init(format!("{}: open the new tmpfs: {e}", what())))?;
+            nix::sys::stat::fchmod(&new, nix::sys::stat::Mode::from_bits_truncate(mode))
+                .map_err(|e| Error::sys(format!("{}: chmod the new tmpfs", what()), e))?;
         }
         if !m.recursive.is_empty() {
             let mounted = root
