@@ -491,6 +491,14 @@ pub fn prepare(
             NONE,
         ),
     )?;
+    // A shared or unbindable root starts out private, as runc (1.4) has it: it gets a peer
+    // group of its own below, instead of also staying a slave of the host's mount.
+    if propagation.intersects(MsFlags::MS_SHARED | MsFlags::MS_UNBINDABLE) {
+        sys(
+            || format!("make the rootfs {} private", plan.rootfs.display()),
+            mount(NONE, &plan.rootfs, NONE, MsFlags::MS_PRIVATE, NONE),
+        )?;
+    }
     // /proc/sys of the host procfs, opened before any mount of the spec could matter.
     let proc_sys = if plan.kernel.sysctls.is_empty() {
         None
