@@ -235,13 +235,20 @@ fn home_of(passwd: &str, uid: u32) -> Option<String> {
     })
 }
 
-/// The process's environment with HOME added when it has none, as runc does: the user's
-/// home from the container's /etc/passwd, or "/".
+/// The process's environment with HOME set when it has none or an empty one, as runc does:
+/// the home field of the user's entry in the container's /etc/passwd (empty if the entry's
+/// is), or "/" for a user without one. An empty HOME is replaced where it stands.
 pub fn environment(plan: &ProcessPlan) -> Vec<String> {
     let mut env = plan.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        let home = passwd_home(plan.uid).filter(|h| !h.is_empty());
-        env.push(format!("HOME={}", home.as_deref().unwrap_or("/")));
+    let has_home = env
+        .iter()
+        .any(|e| e.strip_prefix("HOME=").is_some_and(|v| !v.is_empty()));
+    if !has_home {
+        let home = format!("HOME={}", passwd_home(plan.uid).as_deref().unwrap_or("/"));
+        match env.iter_mut().find(|e| *e == "HOME=") {
+            Some(empty) => *empty = home,
+            None => env.push(home),
+        }
     }
     env
 }
