@@ -987,7 +987,10 @@ impl Task for Service {
         let r = self.container(&req.id).and_then(|c| {
             let process = self.process(&c, &req.exec_id)?;
             let s = process.lock();
-            if s.status == Status::Stopped {
+            // As containerd's runc shim: the init's terminal can be resized until Delete
+            // (`ctr run -t` resizes once more when a short-lived container has already
+            // exited), an exited exec's cannot.
+            if s.status == Status::Stopped && !req.exec_id.is_empty() {
                 return Err(Error::FailedPrecondition(format!(
                     "container {}: cannot resize the terminal of a stopped process",
                     req.id

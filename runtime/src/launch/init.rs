@@ -189,18 +189,27 @@ fn setup(
     // Exec labels take effect at execve; written while /proc is still the host's.
     kernel::apply_lsm_labels(&plan.kernel)?;
 
+    let p = &plan.process;
+    // The terminal is allocated in the container's own devpts: after pivot_root (the init
+    // also binds it over /dev/console) or after the exec's setns.
+    let mut console = None;
     if !plan.exec {
-        rootfs::prepare(plan, launcher.bind_trees, || create_hooks(plan, channel))?;
+        rootfs::prepare(
+            plan,
+            launcher.bind_trees,
+            || create_hooks(plan, channel),
+            || {
+                if p.terminal {
+                    console = Some(terminal::setup(p.console_size, true)?);
+                }
+                Ok(())
+            },
+        )?;
+    } else if p.terminal {
+        console = Some(terminal::setup(p.console_size, false)?);
     }
     kernel::apply_process_settings(&plan.kernel)?;
-
-    let p = &plan.process;
-    // Allocated in the container's own devpts, after pivot_root (or the exec's setns).
-    let console = if p.terminal {
-        Some(terminal::setup(p.console_size, p.uid, p.gid, !plan.exec)?)
-    } else {
-        None
-    };
+    process::give_stdio_to_user(p.uid)?;
     process::set_rlimits(p)?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(p.umask.unwrap_or(0o022)) };
