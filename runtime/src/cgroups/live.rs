@@ -356,11 +356,12 @@ mod tests {
         let dir = root.join("k/c");
         // The "kernel" reports frozen a little after the write.
         let events = dir.join("cgroup.events");
+        // Before the thread starts its 50 ms, or freeze may seem to return early.
+        let t0 = Instant::now();
         let kernel = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             fs::write(events, "populated 1\nfrozen 1\n").unwrap();
         });
-        let t0 = Instant::now();
         freeze(&plan, &layout).unwrap();
         assert!(t0.elapsed() >= Duration::from_millis(50));
         kernel.join().unwrap();
