@@ -106,6 +106,12 @@ pub fn update(plan: &CgroupPlan, r: &LinuxResources, layout: &Layout) -> Result<
             order_v1_memory(&mut writes, &dir, m.limit(), m.swap())?;
         }
     }
+    if let Some(unit) = &plan.systemd {
+        // systemd re-applies its unit's properties (daemon-reload, another SetUnitProperties):
+        // they must say the same as the files.
+        let props = super::systemd::resource_properties(&writes, is_unified_host(layout))?;
+        super::systemd::set_properties(unit, &props)?;
+    }
     for w in &writes {
         let path = w.dir.join(&w.file);
         if w.optional && !path.exists() {
