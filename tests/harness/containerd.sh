@@ -339,6 +339,15 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = false
+      # The systemd cgroup driver (tests where systemd is PID 1: e2e_cri cri_systemd_*).
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs-systemd]
+        runtime_type = "io.containerd.rs.v1"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs-systemd.options]
+          SystemdCgroup = true
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc-systemd]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc-systemd.options]
+          SystemdCgroup = true
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "$CNI_BIN_DIR"
       conf_dir = "$w/cni/net.d"
