@@ -294,6 +294,14 @@ impl Service {
             .save(bundle)
             .map_err(Error::from)
             .and_then(|()| launched.wait_ready(create_hooks).map_err(Error::from))
+            .and_then(|console| {
+                // A systemd scope exists only once the join has started it: Create returns
+                // with it in place, so the OOM watch and Stats find its files.
+                if plan.cgroup.systemd.is_some() {
+                    init.lock().finish_cgroup_join()?;
+                }
+                Ok(console)
+            })
             .and_then(|console| io.start(console));
         if let Err(e) = ready {
             // SAFETY: kill(2) has no memory-safety preconditions.
