@@ -296,6 +296,7 @@ write_cri_config() {
     mkdir -p "$w/cni/net.d"
     printf '%s\n' '{"cniVersion":"0.4.0","name":"lo","plugins":[{"type":"loopback"},{"type":"static","ipam":{"type":"static","addresses":[{"address":"127.0.0.1/8"}]}}]}' \
         >"$w/cni/net.d/10-lo.conflist"
+    printf 'SystemdCgroup = true\n' >"$w/rs-systemd.toml"
     cat >"$w/config.toml" <<EOF
 # Written by tests/harness/containerd.sh (SHIM_RS_CRI=1): a private containerd with CRI.
 version = 2
@@ -340,10 +341,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = false
       # The systemd cgroup driver (tests where systemd is PID 1: e2e_cri cri_systemd_*).
+      # containerd 1.6 hands a non-runc runtime only ConfigPath of its options table (1.7+
+      # also the table as TOML), so SystemdCgroup goes into that file.
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs-systemd]
         runtime_type = "io.containerd.rs.v1"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs-systemd.options]
-          SystemdCgroup = true
+          ConfigPath = "$w/rs-systemd.toml"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc-systemd]
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc-systemd.options]

@@ -165,7 +165,9 @@ pub fn cgroup_relative_path(cgroups_path: Option<&Path>, id: &str) -> Result<Pat
         log::warn!(
             "linux.cgroupsPath {raw:?} has the systemd form slice:prefix:name, but the runtime \
              option SystemdCgroup is not set: it is used as a cgroupfs directory of that name, \
-             as runc does (set SystemdCgroup = true to have systemd manage it)"
+             as runc does. To have systemd manage it, set SystemdCgroup = true (containerd \
+             1.6's CRI passes a non-runc runtime only ConfigPath of the handler's options: \
+             put the line in the file it names)"
         );
     }
     let path = PathBuf::from(raw.trim_start_matches('/'));
