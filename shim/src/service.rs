@@ -293,14 +293,14 @@ impl Service {
         let ready = persisted
             .save(bundle)
             .map_err(Error::from)
-            .and_then(|()| launched.wait_ready(create_hooks).map_err(Error::from))
-            .and_then(|console| {
-                // A systemd scope exists only once the join has started it: Create returns
-                // with it in place, so the OOM watch and Stats find its files.
-                if plan.cgroup.systemd.is_some() {
-                    init.lock().finish_cgroup_join()?;
-                }
-                Ok(console)
+            .and_then(|()| {
+                // A systemd scope exists only once the join has started it: the init waits
+                // for it before its mounts, and Create returns with it in place (the OOM
+                // watch and Stats need its files).
+                let cgroup_ready = || init.lock().finish_cgroup_join();
+                launched
+                    .wait_ready(cgroup_ready, create_hooks)
+                    .map_err(Error::from)
             })
             .and_then(|console| io.start(console));
         if let Err(e) = ready {
@@ -577,7 +577,7 @@ impl Service {
         let pid = launched.pid;
         // Setup errors first (they say more than a failed cgroup move of a dead process).
         let ready = launched
-            .wait_ready(|| Ok(())) // execs have no create hooks
+            .wait_ready(|| Ok(()), || Ok(())) // execs join after Ready, and have no create hooks
             .and_then(|console| cgroups::join(&plan.cgroup, pid).map(|()| console))
             .map_err(Error::from)
             .and_then(|console| io.start(console))
