@@ -106,6 +106,12 @@ pub fn update(plan: &CgroupPlan, r: &LinuxResources, layout: &Layout) -> Result<
             order_v1_memory(&mut writes, &dir, m.limit(), m.swap())?;
         }
     }
+    if let Some(unit) = &plan.systemd {
+        // systemd re-applies its unit's properties (daemon-reload, another SetUnitProperties):
+        // they must say the same as the files.
+        let props = super::systemd::resource_properties(&writes, is_unified_host(layout))?;
+        super::systemd::set_properties(unit, &props)?;
+    }
     for w in &writes {
         let path = w.dir.join(&w.file);
         if w.optional && !path.exists() {
@@ -356,11 +362,12 @@ mod tests {
         let dir = root.join("k/c");
         // The "kernel" reports frozen a little after the write.
         let events = dir.join("cgroup.events");
+        // Before the thread starts its 50 ms, or freeze may seem to return early.
+        let t0 = Instant::now();
         let kernel = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             fs::write(events, "populated 1\nfrozen 1\n").unwrap();
         });
-        let t0 = Instant::now();
         freeze(&plan, &layout).unwrap();
         assert!(t0.elapsed() >= Duration::from_millis(50));
         kernel.join().unwrap();

@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 pub mod devices_bpf;
 pub mod live;
 pub mod resources;
+pub mod systemd;
 
-use self::resources::CgroupWrite;
+pub use self::systemd::CgroupDriver;
+use self::{resources::CgroupWrite, systemd::SystemdUnit};
 use crate::{plan::devices::DeviceNode, Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +139,10 @@ pub struct CgroupPlan {
     /// of that directory must delegate its controllers (`cgroup.subtree_control`).
     #[serde(default)]
     pub unified_root: Option<PathBuf>,
+    /// With the systemd driver: the scope unit systemd makes of `dirs` (it creates and
+    /// removes them; we only add what systemd does not manage).
+    #[serde(default)]
+    pub systemd: Option<SystemdUnit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,50 +152,25 @@ pub struct DeviceRule {
     pub rule: String,
 }
 
-/// Turns `cgroupsPath` into a path below each hierarchy root. Accepts the systemd form
-/// `slice:prefix:name` (as containerd's CRI writes it) and maps it onto cgroupfs.
+/// Turns `cgroupsPath` into a path below each hierarchy root, for the cgroupfs driver.
+/// Like runc's cgroupfs driver, the systemd form "slice:prefix:name" is not interpreted
+/// there: it names a directory of that name (the slice is not systemd's, so nothing of
+/// systemd's tree is touched); the systemd driver ([`systemd::unit_of`]) interprets it.
 pub fn cgroup_relative_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf> {
     let raw = cgroups_path
         .map(|p| p.to_string_lossy().into_owned())
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| id.to_owned());
-    let path = if !raw.starts_with('/') && raw.matches(':').count() == 2 {
-        let mut parts = raw.splitn(3, ':');
-        let (slice, prefix, name) = (
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-            parts.next().unwrap(),
+    if !raw.starts_with('/') && raw.matches(':').count() == 2 {
+        log::warn!(
+            "linux.cgroupsPath {raw:?} has the systemd form slice:prefix:name, but the runtime \
+             option SystemdCgroup is not set: it is used as a cgroupfs directory of that name, \
+             as runc does. To have systemd manage it, set SystemdCgroup = true (containerd \
+             1.6's CRI passes a non-runc runtime only ConfigPath of the handler's options: \
+             put the line in the file it names)"
         );
-        let mut path = PathBuf::new();
-        if !slice.is_empty() && slice != "-.slice" {
-            // "a-b.slice" lives at "a.slice/a-b.slice".
-            let stem = slice.strip_suffix(".slice").ok_or_else(|| {
-                Error::invalid(
-                    "linux.cgroupsPath",
-                    format!("{raw:?}: slice must end in .slice"),
-                )
-            })?;
-            let mut acc = String::new();
-            for part in stem.split('-') {
-                if !acc.is_empty() {
-                    acc.push('-');
-                }
-                acc.push_str(part);
-                path.push(format!("{acc}.slice"));
-            }
-        }
-        let unit = if name.ends_with(".slice") {
-            name.to_owned()
-        } else if prefix.is_empty() {
-            format!("{name}.scope")
-        } else {
-            format!("{prefix}-{name}.scope")
-        };
-        path.push(unit);
-        path
-    } else {
-        PathBuf::from(raw.trim_start_matches('/'))
-    };
+    }
+    let path = PathBuf::from(raw.trim_start_matches('/'));
     if path.as_os_str().is_empty()
         || path
             .components()
@@ -263,13 +244,33 @@ impl CgroupPlan {
     }
 }
 
+/// The cgroup plan with the cgroupfs driver.
 pub fn plan_cgroup(
     linux: &Linux,
     id: &str,
     nodes: &[DeviceNode],
     layout: &Layout,
 ) -> Result<CgroupPlan> {
-    let rel = cgroup_relative_path(linux.cgroups_path().as_deref(), id)?;
+    plan_cgroup_for(linux, id, nodes, layout, CgroupDriver::Cgroupfs)
+}
+
+/// The cgroup plan with `driver`: the same directories, writes and device rules either way;
+/// with systemd also the scope unit, whose properties restate what systemd has names for.
+pub fn plan_cgroup_for(
+    linux: &Linux,
+    id: &str,
+    nodes: &[DeviceNode],
+    layout: &Layout,
+    driver: CgroupDriver,
+) -> Result<CgroupPlan> {
+    let cgroups_path = linux.cgroups_path().as_deref();
+    let (rel, unit) = match driver {
+        CgroupDriver::Cgroupfs => (cgroup_relative_path(cgroups_path, id)?, None),
+        CgroupDriver::Systemd => {
+            let (slice, unit, rel) = systemd::unit_of(cgroups_path, id)?;
+            (rel, Some((slice, unit)))
+        }
+    };
     let mut plan = CgroupPlan::at(&rel, layout);
     if let Some(resources) = linux.resources() {
         plan.writes = resources::plan_resources(resources, layout, &rel)?;
@@ -310,6 +311,17 @@ pub fn plan_cgroup(
                 rule: format!("{t} {}:{} rwm", n.major, n.minor),
             });
         }
+    }
+    if let Some((slice, unit)) = unit {
+        let name = unit.trim_end_matches(".scope");
+        plan.systemd = Some(systemd::plan_unit(
+            slice,
+            unit.clone(),
+            name,
+            &plan.writes,
+            &plan.device_rules,
+            live::is_unified_host(layout),
+        )?);
     }
     Ok(plan)
 }
@@ -384,8 +396,18 @@ fn enable_controllers(root: &Path, dir: &Path) {
 }
 
 /// Creates the cgroups and writes the device rules and resource limits. Cheap: no process
-/// moves yet (see [`join`]).
+/// moves yet (see [`join`]). With the systemd driver the cgroup exists only once systemd has
+/// made the scope, which needs the init's pid: here we only check that systemd can be asked
+/// (so a host without it fails before anything is made), and [`join`] does the rest.
 pub fn create(plan: &CgroupPlan) -> Result<()> {
+    if plan.systemd.is_some() {
+        return systemd::check_reachable();
+    }
+    make_and_limit(plan)
+}
+
+/// The directories, controllers, cpuset, device rules and limit files of `plan`.
+fn make_and_limit(plan: &CgroupPlan) -> Result<()> {
     for dir in &plan.dirs {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         if let Some(root) = &plan.unified_root {
@@ -436,7 +458,16 @@ pub fn open_birth_cgroup(plan: &CgroupPlan) -> Result<Option<std::os::fd::OwnedF
 /// Moves process `pid` (0: the caller) into every hierarchy of the container's cgroup.
 /// The first move may wait for an RCU grace period, which is why the shim does this in the
 /// background while the init builds its rootfs, and holds the exec until it is done.
+///
+/// With the systemd driver, systemd starts the scope with `pid` in it first; then, as runc
+/// does, the directories systemd does not manage (v1 cpuset, freezer, ...) are made, every
+/// limit is written to the files too, and `pid` joins every hierarchy (a no-op where systemd
+/// put it already). The init has not exec'd yet: no container code runs before its limits.
 pub fn join(plan: &CgroupPlan, pid: i32) -> Result<()> {
+    if let Some(unit) = &plan.systemd {
+        systemd::start(unit, pid)?;
+        make_and_limit(plan)?;
+    }
     for dir in &plan.dirs {
         write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
     }
@@ -492,8 +523,18 @@ pub fn kill_all(plan: &CgroupPlan, signal: i32) {
 }
 
 /// SIGKILLs everything in the cgroup and removes its directories, retrying briefly while
-/// the kernel finishes tearing the processes down. Missing directories are fine.
+/// the kernel finishes tearing the processes down. Missing directories are fine. With the
+/// systemd driver, the unit is stopped (and reset if it failed) in between, as runc does.
 pub fn destroy(plan: &CgroupPlan) -> Result<()> {
+    if let Some(unit) = &plan.systemd {
+        kill_all(plan, libc::SIGKILL);
+        let stopped = systemd::stop(unit);
+        return remove_dirs(plan).and(stopped);
+    }
+    remove_dirs(plan)
+}
+
+fn remove_dirs(plan: &CgroupPlan) -> Result<()> {
     let mut last_err = None;
     for attempt in 0..200 {
         kill_all(plan, libc::SIGKILL);
@@ -563,15 +604,13 @@ mod tests {
             cgroup_relative_path(None, "myid").unwrap(),
             PathBuf::from("myid")
         );
+        // The cgroupfs driver does not interpret the systemd form (as runc's): a directory
+        // of that name, nothing in systemd's slices.
         assert_eq!(
             p("kubepods-besteffort.slice:cri-containerd:abc").unwrap(),
-            PathBuf::from("kubepods.slice/kubepods-besteffort.slice/cri-containerd-abc.scope")
+            PathBuf::from("kubepods-besteffort.slice:cri-containerd:abc")
         );
-        assert_eq!(
-            p("system.slice:docker:x").unwrap(),
-            PathBuf::from("system.slice/docker-x.scope")
-        );
-        for bad in ["/a/../../etc", "/", "bad:x:y"] {
+        for bad in ["/a/../../etc", "/", "a:b/../../x:y"] {
             let e = p(bad).unwrap_err().to_string();
             assert!(e.contains("linux.cgroupsPath"), "{bad}: {e}");
         }

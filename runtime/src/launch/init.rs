@@ -122,6 +122,17 @@ fn create_hooks(plan: &LaunchPlan, channel: &Channel) -> Result<()> {
     hooks::create_container(&plan.hooks, &plan.rootfs)
 }
 
+fn await_cgroup(channel: &Channel) -> Result<()> {
+    channel.send(&InitMessage::AwaitCgroup, &[])?;
+    match channel.recv::<ShimMessage>()? {
+        Some((ShimMessage::CgroupReady, _)) => Ok(()),
+        other => Err(Error::Init(format!(
+            "waiting for the cgroup: unexpected {:?}",
+            other.map(|(m, _)| m)
+        ))),
+    }
+}
+
 /// What setup leaves for after Start.
 struct Prepared {
     exec: ExecArgs,
@@ -156,6 +167,11 @@ fn setup(
     drop(stdio);
 
     // The shim creates the cgroup and moves us into it while we set up (see `Launched`).
+    // A systemd scope exists only once systemd has our pid: then we wait for it, since a
+    // cgroup mount binds its directories (runc's init waits for its parent likewise).
+    if plan.cgroup.systemd.is_some() && !plan.exec {
+        await_cgroup(channel)?;
+    }
     // Joined namespaces were entered before the clone (see `spawn`).
     if let Some(mapped) = launcher.mapped {
         namespaces::user::wait_mapped(mapped)?;
