@@ -669,12 +669,6 @@ const CGROUPFS: &str = "cat /proc/$$/cgroup; cd /sys/fs/cgroup && \
      for f in $(find . -maxdepth 1 | sort); do stat -c '%n %F %a %N' $f; done; \
      grep -E ' /sys/fs/cgroup' /proc/$$/mountinfo | cut -d' ' -f4-";
 
-fn lines_sorted(s: &str) -> String {
-    let mut v: Vec<&str> = s.lines().collect();
-    v.sort();
-    v.join("\n")
-}
-
 // ================================================================ scenarios ===
 
 #[test]
@@ -1705,27 +1699,6 @@ const KNOWN: &[Known] = &[
         why: CGROUPFS_WHY,
         check: cgroupfs_as_ours,
     },
-    Known {
-        scenario: "dev/cgroup devices.list",
-        kind: Kind::Pending,
-        why: "the v1 device rules are written in the spec's order, runc writes them sorted \
-              (same rules, other order in devices.list); cgroup code, left to its owners",
-        check: |runc, ours| equal("the sorted rules", &lines_sorted(runc), &lines_sorted(ours)),
-    },
-    Known {
-        scenario: "cgroup placement/relative --cgroup TAG/b",
-        kind: Kind::Pending,
-        why: "a relative cgroupsPath goes below the hierarchy root, runc puts it below the \
-              cgroup of the process that creates it (containerd's); cgroup code, being fixed",
-        check: placed_at_the_root,
-    },
-    Known {
-        scenario: "cgroup placement/empty --cgroup \"\"",
-        kind: Kind::Pending,
-        why: "an empty cgroupsPath becomes /<id> at the hierarchy root, runc puts <id> below \
-              the cgroup of the process that creates it (containerd's); cgroup code, being fixed",
-        check: placed_at_the_root,
-    },
     // -- process
     Known {
         scenario: "env/spec without PATH, bare program name",
@@ -1889,14 +1862,6 @@ fn cgroupfs_as_ours(runc: &str, ours: &str) -> Result<(), String> {
         "runc without its differences",
         &runc,
         &(ours.join("\n") + "\n"),
-    )
-}
-
-fn placed_at_the_root(runc: &str, ours: &str) -> Result<(), String> {
-    equal(
-        "runc's placement moved to the root",
-        &runc.replace("<containerd>", ""),
-        ours,
     )
 }
 

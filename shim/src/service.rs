@@ -152,8 +152,13 @@ impl Service {
         let id = req.id.clone();
         let t0 = std::time::Instant::now();
         let spec = runtime::spec::load(bundle)?;
-        let mut plan =
-            runtime::plan::build_for(&spec, bundle, &id, Layout::host(), opts.cgroup_driver())?;
+        let mut plan = runtime::plan::build_for(
+            &spec,
+            bundle,
+            &id,
+            &Layout::host_from_here(),
+            opts.cgroup_driver(),
+        )?;
         plan.no_pivot_root = opts.no_pivot_root;
         let stdio_paths = StdioPaths {
             stdin: req.stdin.clone(),

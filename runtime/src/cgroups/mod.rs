@@ -30,6 +30,28 @@ pub struct Hierarchy {
     /// offers (cgroup.controllers).
     pub controllers: Vec<String>,
     pub unified: bool,
+    /// The cgroup the planning process (the shim) is in, relative to this hierarchy's root:
+    /// where a relative `cgroupsPath` goes (see [`Layout::with_own_cgroups`]).
+    #[serde(default)]
+    pub own: PathBuf,
+}
+
+impl Hierarchy {
+    /// The container's directory in this hierarchy.
+    pub fn dir_of(&self, place: &Placement) -> PathBuf {
+        match place.below_own {
+            true => self.mountpoint.join(&self.own).join(&place.rel),
+            false => self.mountpoint.join(&place.rel),
+        }
+    }
+}
+
+/// Where a container's cgroup is: `rel` below each hierarchy's root, or, for a relative (or
+/// empty) `cgroupsPath`, below the cgroup of the process that creates it, as runc places it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub rel: PathBuf,
+    pub below_own: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +94,7 @@ impl Layout {
                     mountpoint: PathBuf::from(mountpoint),
                     controllers: Vec::new(),
                     unified: true,
+                    own: PathBuf::new(),
                 }),
                 Some("cgroup") => {
                     let controllers = superopts
@@ -92,12 +115,47 @@ impl Layout {
                         mountpoint: PathBuf::from(mountpoint),
                         controllers,
                         unified: false,
+                        own: PathBuf::new(),
                     })
                 }
                 _ => {}
             }
         }
         Layout { hierarchies }
+    }
+
+    /// This layout with each hierarchy's `own` cgroup taken from `proc_self_cgroup` (the
+    /// contents of /proc/self/cgroup of the process that will create containers).
+    pub fn with_own_cgroups(&self, proc_self_cgroup: &str) -> Layout {
+        let mut layout = self.clone();
+        for line in proc_self_cgroup.lines() {
+            let mut f = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let own = PathBuf::from(path.trim_start_matches('/'));
+            for h in layout.hierarchies.iter_mut() {
+                let matches = if controllers.is_empty() {
+                    h.unified
+                } else {
+                    let mut theirs: Vec<&str> = controllers.split(',').collect();
+                    let mut ours: Vec<&str> = h.controllers.iter().map(String::as_str).collect();
+                    theirs.sort_unstable();
+                    ours.sort_unstable();
+                    !h.unified && theirs == ours
+                };
+                if matches {
+                    h.own = own.clone();
+                }
+            }
+        }
+        layout
+    }
+
+    /// [`Layout::host`] with the calling process's own cgroups.
+    pub fn host_from_here() -> Layout {
+        Layout::host()
+            .with_own_cgroups(&fs::read_to_string("/proc/self/cgroup").unwrap_or_default())
     }
 
     fn v1(&self, controller: &str) -> Option<&Hierarchy> {
@@ -157,10 +215,18 @@ pub struct DeviceRule {
 /// there: it names a directory of that name (the slice is not systemd's, so nothing of
 /// systemd's tree is touched); the systemd driver ([`systemd::unit_of`]) interprets it.
 pub fn cgroup_relative_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf> {
-    let raw = cgroups_path
+    cgroup_placement(cgroups_path, id).map(|p| p.rel)
+}
+
+/// Where `cgroupsPath` puts the container (cgroupfs driver): an absolute path below each
+/// hierarchy's root; a relative one, or none (then the container id), below the creating
+/// process's own cgroup, as runc does.
+pub fn cgroup_placement(cgroups_path: Option<&Path>, id: &str) -> Result<Placement> {
+    let given = cgroups_path
         .map(|p| p.to_string_lossy().into_owned())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| id.to_owned());
+        .filter(|p| !p.is_empty());
+    let below_own = !given.as_deref().is_some_and(|p| p.starts_with('/'));
+    let raw = given.unwrap_or_else(|| id.to_owned());
     if !raw.starts_with('/') && raw.matches(':').count() == 2 {
         log::warn!(
             "linux.cgroupsPath {raw:?} has the systemd form slice:prefix:name, but the runtime \
@@ -181,7 +247,10 @@ pub fn cgroup_relative_path(cgroups_path: Option<&Path>, id: &str) -> Result<Pat
             format!("{raw:?} must name a cgroup below the root, without '..'"),
         ));
     }
-    Ok(path)
+    Ok(Placement {
+        rel: path,
+        below_own,
+    })
 }
 
 fn device_rule(d: &LinuxDeviceCgroup) -> DeviceRule {
@@ -207,6 +276,36 @@ fn device_rule(d: &LinuxDeviceCgroup) -> DeviceRule {
     }
 }
 
+/// The v1 devices controller writes for `rules`, in the order runc writes them: when the
+/// rules are "everything denied (or allowed), then exceptions", the exceptions come sorted
+/// (by type, then major and minor numbers, wildcards first) and once each, so `devices.list`
+/// reads the same as under runc. Rules that mix allows and denies after the reset keep the
+/// spec's order: there the order is the meaning.
+pub fn v1_device_writes(rules: &[DeviceRule]) -> Vec<DeviceRule> {
+    let reset = rules.iter().rposition(|r| r.rule == "a" || r.rule == "a *:* rwm");
+    let Some(reset) = reset else {
+        return rules.to_vec();
+    };
+    let default = &rules[reset];
+    let mut exceptions: Vec<&DeviceRule> = rules[reset + 1..].iter().collect();
+    if exceptions.iter().any(|r| r.allow == default.allow) {
+        return rules.to_vec();
+    }
+    let key = |r: &DeviceRule| {
+        let mut f = r.rule.split_whitespace();
+        let kind = f.next().unwrap_or_default().to_owned();
+        let (major, minor) = f.next().and_then(|mm| mm.split_once(':')).unwrap_or(("", ""));
+        let num = |n: &str| n.parse::<u32>().ok();
+        (kind, num(major), num(minor), r.rule.clone())
+    };
+    exceptions.sort_by_key(|r| key(r));
+    exceptions.dedup_by_key(|r| r.rule.clone());
+    std::iter::once(default)
+        .chain(exceptions)
+        .cloned()
+        .collect()
+}
+
 /// Devices every container may use whatever the spec says (runc allows the same set).
 const ALWAYS_ALLOWED: &[&str] = &[
     "c *:* m",
@@ -224,16 +323,12 @@ const ALWAYS_ALLOWED: &[&str] = &[
 ];
 
 impl CgroupPlan {
-    /// The cgroup at `rel` below every hierarchy's root, with nothing to write yet.
-    pub fn at(rel: &Path, layout: &Layout) -> CgroupPlan {
+    /// The cgroup at `place` in every hierarchy, with nothing to write yet.
+    pub fn at(place: &Placement, layout: &Layout) -> CgroupPlan {
         CgroupPlan {
-            dirs: layout
-                .hierarchies
-                .iter()
-                .map(|h| h.mountpoint.join(rel))
-                .collect(),
-            cpuset_dir: layout.v1("cpuset").map(|h| h.mountpoint.join(rel)),
-            devices_dir: layout.v1("devices").map(|h| h.mountpoint.join(rel)),
+            dirs: layout.hierarchies.iter().map(|h| h.dir_of(place)).collect(),
+            cpuset_dir: layout.v1("cpuset").map(|h| h.dir_of(place)),
+            devices_dir: layout.v1("devices").map(|h| h.dir_of(place)),
             unified_root: layout
                 .hierarchies
                 .iter()
@@ -264,16 +359,20 @@ pub fn plan_cgroup_for(
     driver: CgroupDriver,
 ) -> Result<CgroupPlan> {
     let cgroups_path = linux.cgroups_path().as_deref();
-    let (rel, unit) = match driver {
-        CgroupDriver::Cgroupfs => (cgroup_relative_path(cgroups_path, id)?, None),
+    let (place, unit) = match driver {
+        CgroupDriver::Cgroupfs => (cgroup_placement(cgroups_path, id)?, None),
         CgroupDriver::Systemd => {
             let (slice, unit, rel) = systemd::unit_of(cgroups_path, id)?;
-            (rel, Some((slice, unit)))
+            let place = Placement {
+                rel,
+                below_own: false,
+            };
+            (place, Some((slice, unit)))
         }
     };
-    let mut plan = CgroupPlan::at(&rel, layout);
+    let mut plan = CgroupPlan::at(&place, layout);
     if let Some(resources) = linux.resources() {
-        plan.writes = resources::plan_resources(resources, layout, &rel)?;
+        plan.writes = resources::plan_resources(resources, layout, &|h| h.dir_of(&place))?;
         plan.device_rules = resources
             .devices()
             .iter()
@@ -287,7 +386,7 @@ pub fn plan_cgroup_for(
                 .hierarchies
                 .iter()
                 .find(|h| h.unified)
-                .map(|h| h.mountpoint.join(&rel));
+                .map(|h| h.dir_of(&place));
             if plan.bpf_devices_dir.is_none() {
                 return Err(Error::unsupported(
                     "linux.resources.devices",
@@ -421,7 +520,7 @@ fn make_and_limit(plan: &CgroupPlan) -> Result<()> {
         devices_bpf::attach(dir, &plan.device_rules)?;
     }
     if let Some(dir) = &plan.devices_dir {
-        for r in &plan.device_rules {
+        for r in &v1_device_writes(&plan.device_rules) {
             let file = if r.allow {
                 "devices.allow"
             } else {
@@ -757,6 +856,31 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/k/c"))
         );
         devices_bpf::program(&plan.device_rules).unwrap();
+    }
+
+    #[test]
+    fn v1_device_rules_are_written_sorted_after_the_reset_like_runc() {
+        let r = |allow, rule: &str| DeviceRule {
+            allow,
+            rule: rule.into(),
+        };
+        let rules = [
+            r(false, "a"),
+            r(true, "c 1:3 rwm"),
+            r(true, "c 136:* rwm"),
+            r(true, "c 10:200 rwm"),
+            r(true, "b *:* m"),
+            r(true, "c *:* m"),
+            r(true, "c 1:3 rwm"),
+        ];
+        let w: Vec<String> = v1_device_writes(&rules).into_iter().map(|r| r.rule).collect();
+        assert_eq!(
+            w,
+            ["a", "b *:* m", "c *:* m", "c 1:3 rwm", "c 10:200 rwm", "c 136:* rwm"]
+        );
+        // An allow after a deny after the reset: order is meaning, kept as given.
+        let mixed = [r(false, "a"), r(true, "c *:* rwm"), r(false, "c 1:5 rwm")];
+        assert_eq!(v1_device_writes(&mixed), mixed.to_vec());
     }
 
     #[test]
