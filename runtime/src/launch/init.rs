@@ -122,6 +122,17 @@ fn create_hooks(plan: &LaunchPlan, channel: &Channel) -> Result<()> {
     hooks::create_container(&plan.hooks, &plan.rootfs)
 }
 
+fn await_cgroup(channel: &Channel) -> Result<()> {
+    channel.send(&InitMessage::AwaitCgroup, &[])?;
+    match channel.recv::<ShimMessage>()? {
+        Some((ShimMessage::CgroupReady, _)) => Ok(()),
+        other => Err(Error::Init(format!(
+            "waiting for the cgroup: unexpected {:?}",
+            other.map(|(m, _)| m)
+        ))),
+    }
+}
+
 /// What setup leaves for after Start.
 struct Prepared {
     exec: ExecArgs,
@@ -156,6 +167,11 @@ fn setup(
     drop(stdio);
 
     // The shim creates the cgroup and moves us into it while we set up (see `Launched`).
+    // A systemd scope exists only once systemd has our pid: then we wait for it, since a
+    // cgroup mount binds its directories (runc's init waits for its parent likewise).
+    if plan.cgroup.systemd.is_some() && !plan.exec {
+        await_cgroup(channel)?;
+    }
     // Joined namespaces were entered before the clone (see `spawn`).
     if let Some(mapped) = launcher.mapped {
         namespaces::user::wait_mapped(mapped)?;
@@ -189,18 +205,27 @@ fn setup(
     // Exec labels take effect at execve; written while /proc is still the host's.
     kernel::apply_lsm_labels(&plan.kernel)?;
 
+    let p = &plan.process;
+    // The terminal is allocated in the container's own devpts: after pivot_root (the init
+    // also binds it over /dev/console) or after the exec's setns.
+    let mut console = None;
     if !plan.exec {
-        rootfs::prepare(plan, launcher.bind_trees, || create_hooks(plan, channel))?;
+        rootfs::prepare(
+            plan,
+            launcher.bind_trees,
+            || create_hooks(plan, channel),
+            || {
+                if p.terminal {
+                    console = Some(terminal::setup(p.console_size, true)?);
+                }
+                Ok(())
+            },
+        )?;
+    } else if p.terminal {
+        console = Some(terminal::setup(p.console_size, false)?);
     }
     kernel::apply_process_settings(&plan.kernel)?;
-
-    let p = &plan.process;
-    // Allocated in the container's own devpts, after pivot_root (or the exec's setns).
-    let console = if p.terminal {
-        Some(terminal::setup(p.console_size, p.uid, p.gid, !plan.exec)?)
-    } else {
-        None
-    };
+    process::give_stdio_to_user(p.uid)?;
     process::set_rlimits(p)?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(p.umask.unwrap_or(0o022)) };

@@ -160,7 +160,10 @@ impl Service {
         let c = self.container(&req.id)?;
         let s = c.lock();
         let p = proc(&c, &s, &req.exec_id)?;
-        if p.status() == Status::Stopped {
+        // As containerd's runc shim: the init's terminal can be resized until Delete
+        // (`ctr run -t` resizes once more when a short-lived container has already exited),
+        // an exited exec's cannot.
+        if p.status() == Status::Stopped && !req.exec_id.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "container {}: cannot resize the terminal of a stopped process",
                 req.id

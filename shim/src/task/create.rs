@@ -96,7 +96,13 @@ impl Service {
         let id = req.id.clone();
         let t0 = std::time::Instant::now();
         let spec = runtime::spec::load(bundle)?;
-        let mut plan = runtime::plan::build(&spec, bundle, &id, Layout::host())?;
+        let mut plan = runtime::plan::build_for(
+            &spec,
+            bundle,
+            &id,
+            &Layout::host_from_here(),
+            opts.cgroup_driver(),
+        )?;
         plan.no_pivot_root = opts.no_pivot_root;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -153,18 +159,20 @@ impl Service {
                 .name("cgroup-join".into())
                 .spawn(move || cgroups::join(&cgroup, pid))
         });
-        let mut join = match join.transpose() {
-            Ok(j) => j,
+        let join = match join.transpose() {
+            Ok(j) => std::sync::Mutex::new(j),
             Err(e) => {
                 let e = Error::Internal(format!("start a thread: {e}"));
                 return Err(self.abort_create(&c, pid, None, e));
             }
         };
-        let mut finish_join = || match join.take() {
-            Some(h) => h
-                .join()
-                .unwrap_or_else(|_| Err(runtime::Error::Other("cgroup join panicked".into()))),
-            None => Ok(()),
+        let finish_join = || -> runtime::Result<()> {
+            match join.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(runtime::Error::Other("cgroup join panicked".into()))),
+                None => Ok(()),
+            }
         };
         let t_launched = t0.elapsed();
         let persisted = ContainerState {
@@ -177,8 +185,10 @@ impl Service {
             .save(bundle)
             .map_err(Error::from)
             .and_then(|()| {
+                // A systemd scope exists only once the join has started it: the init waits
+                // for it before its mounts (the OOM watch and Stats need its files too).
                 launched
-                    .wait_ready(|| {
+                    .wait_ready(finish_join, || {
                         // The hooks find the init in its cgroup, as they would under runc.
                         finish_join()?;
                         hooks::create_runtime(&plan.hooks, pid)
@@ -194,7 +204,7 @@ impl Service {
             .and_then(|console| io.start(console));
         let process_io = match ready {
             Ok(pio) => Arc::new(pio),
-            Err(e) => return Err(self.abort_create(&c, pid, Some(&mut finish_join), e)),
+            Err(e) => return Err(self.abort_create(&c, pid, Some(&finish_join), e)),
         };
         if let Some(oom) = &self.oom {
             if let Err(e) = oom.watch(&id, &plan.cgroup, Layout::host()) {
@@ -242,7 +252,7 @@ impl Service {
         &self,
         c: &Container,
         pid: i32,
-        finish_join: Option<&mut dyn FnMut() -> runtime::Result<()>>,
+        finish_join: Option<&dyn Fn() -> runtime::Result<()>>,
         e: Error,
     ) -> Error {
         // SAFETY: kill(2) of the init we cloned; it has not been reaped yet (its exit is

@@ -141,7 +141,7 @@ impl Service {
         let pid = launched.pid;
         // Setup errors first (they say more than a failed cgroup move of a dead process).
         let ready = launched
-            .wait_ready(|| Ok(())) // execs have no create hooks
+            .wait_ready(|| Ok(()), || Ok(())) // execs join after Ready, and have no create hooks
             .and_then(|console| match launched.in_cgroup {
                 true => Ok(console),
                 false => cgroups::join(&plan.cgroup, pid).map(|()| console),
