@@ -77,14 +77,30 @@ pub fn unmount_rootfs(rootfs: &Path) -> Result<()> {
 }
 
 /// Removes everything a container left: processes and cgroups, the rootfs mount and the
-/// state file. Safe to call any number of times.
+/// state file. Safe to call any number of times. A state file that cannot be read (corrupt,
+/// truncated by a full disk) does not stop the rest: the rootfs is still unmounted and the
+/// file removed; only the cgroup, which it alone names, cannot be cleaned (the error says so).
 pub fn destroy(bundle: &Path) -> Result<Option<ContainerState>> {
-    let state = ContainerState::load(bundle)?;
-    if let Some(s) = &state {
-        cgroups::destroy(&s.cgroup)?;
-        unmount_rootfs(&s.rootfs)?;
+    let state = ContainerState::load(bundle);
+    let mut first_error = None;
+    if let Ok(Some(s)) = &state {
+        if let Err(e) = cgroups::destroy(&s.cgroup) {
+            first_error.get_or_insert(e);
+        }
+        if let Err(e) = unmount_rootfs(&s.rootfs) {
+            first_error.get_or_insert(e);
+        }
     }
-    unmount_rootfs(&bundle.join("rootfs"))?;
+    if let Err(e) = unmount_rootfs(&bundle.join("rootfs")) {
+        first_error.get_or_insert(e);
+    }
     ContainerState::remove(bundle)?;
-    Ok(state)
+    match (state, first_error) {
+        (Err(e), _) => Err(Error::Other(format!(
+            "{e}: the rootfs was unmounted and the state file removed, but the container's \
+             cgroup (named only there) could not be cleaned up"
+        ))),
+        (Ok(_), Some(e)) => Err(e),
+        (Ok(state), None) => Ok(state),
+    }
 }

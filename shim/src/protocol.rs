@@ -168,10 +168,25 @@ fn start(flags: &Flags) -> Result<(), String> {
         Err(e) => return Err(format!("bind {}: {e}", path.display())),
     };
 
-    adjust_oom_score()?;
+    // From here on a failure must not leave the socket (nor a daemon) behind.
+    let forget_socket = |e: String| {
+        let _ = std::fs::remove_file(&path);
+        e
+    };
+    adjust_oom_score().map_err(forget_socket)?;
     // SAFETY: nothing in this process has started a thread, so the child may run anything.
-    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork shim daemon: {e}"))? {
-        nix::unistd::ForkResult::Parent { .. } => answer(&cfg, &bundle, &address),
+    let forked = unsafe { nix::unistd::fork() }
+        .map_err(|e| forget_socket(format!("fork shim daemon: {e}")))?;
+    match forked {
+        nix::unistd::ForkResult::Parent { child } => {
+            answer(&cfg, &bundle, &address).inspect_err(|_| {
+                // containerd will never know this daemon (a full disk for the address file,
+                // containerd gone): end it, and its launcher with it (PDEATHSIG).
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(child, None);
+                let _ = std::fs::remove_file(&path);
+            })
+        }
         nix::unistd::ForkResult::Child => {
             let code = match daemon(&cfg, listener, &path) {
                 Ok(()) => 0,
@@ -233,6 +248,12 @@ fn daemon(cfg: &StartConfig, listener: UnixListener, socket: &Path) -> Result<()
         None => redirect(2, &null),
     }
     drop(null);
+    // A panic on any thread ends the daemon at once: a half-dead shim (its exits or events
+    // thread gone) would lose exits silently, a dead one is cleaned up by containerd.
+    std::panic::set_hook(Box::new(|info| {
+        error!("shim daemon {}: {info}", std::process::id());
+        std::process::abort();
+    }));
     // SAFETY: ignoring SIGPIPE has no preconditions; a vanished reader must not kill us.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
@@ -308,7 +329,12 @@ fn remove_dead_socket(bundle: &Path) {
 /// Idempotent and fast, since containerd runs it after every container.
 fn delete(flags: &Flags) -> Result<(), String> {
     let bundle = bundle_dir(flags);
-    let state = runtime::state::destroy(&bundle).map_err(|e| e.to_string())?;
+    // What cannot be cleaned is reported (containerd logs our stderr) but does not stop the
+    // rest: the socket, the response containerd waits for.
+    let state = runtime::state::destroy(&bundle).unwrap_or_else(|e| {
+        eprintln!("{RUNTIME_NAME}: warning: delete: {e}");
+        None
+    });
     remove_dead_socket(&bundle);
     if let Some(s) = &state {
         // The daemon died before its Delete: the poststop hooks are still owed. Failures

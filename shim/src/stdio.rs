@@ -176,24 +176,20 @@ fn open_output(field: &str, path: &str) -> Result<Option<(File, File)>> {
     }
     check_scheme(field, path)?;
     let path = strip_scheme(path);
-    let open = |flags| {
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | flags)
-            .open(path)
-    };
-    // containerd opens the read side before Create; fall back to a blocking open if not yet.
-    let f = match open(libc::O_NONBLOCK) {
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => open(0),
-        r => r,
-    }
-    .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {e}")))?;
-    clear_nonblock(&f);
+    // Our own reader first: opening a fifo for reading without blocking always works, and
+    // with it the writer's open cannot block or fail for want of a reader, so Create never
+    // hangs on a client that has not opened its end (yet, or ever).
     let keep = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {e}")))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {e}")))?;
+    clear_nonblock(&f);
     Ok(Some((f, keep)))
 }
 

@@ -120,14 +120,16 @@ impl Zygote {
             .chain(cgroup.as_ref())
             .map(|f| f.as_raw_fd())
             .collect();
-        channel.send(
-            &Request::Launch {
-                plan: Box::new(plan.clone()),
-                into_cgroup: cgroup.is_some(),
-            },
-            &fds,
-        )?;
-        match channel.recv::<Reply>()? {
+        channel
+            .send(
+                &Request::Launch {
+                    plan: Box::new(plan.clone()),
+                    into_cgroup: cgroup.is_some(),
+                },
+                &fds,
+            )
+            .map_err(|e| launcher_gone(&e))?;
+        match channel.recv::<Reply>().map_err(|e| launcher_gone(&e))? {
             Some((Reply::Launched { pid, in_cgroup }, mut fds)) if fds.len() == 1 => {
                 register(pid);
                 let mut launched = Launched::new(pid, Channel::from(fds.pop().unwrap()), plan);
@@ -136,7 +138,7 @@ impl Zygote {
             }
             Some((Reply::Failed { error }, _)) => Err(Error::Init(error)),
             Some(_) => Err(Error::Other("launcher sent a malformed reply".into())),
-            None => Err(Error::Other("the launcher process is gone".into())),
+            None => Err(launcher_gone(&"it closed its channel")),
         }
     }
 }
@@ -153,11 +155,11 @@ impl Zygote {
             },
             &[],
         )?;
-        match channel.recv::<Reply>()? {
+        match channel.recv::<Reply>().map_err(|e| launcher_gone(&e))? {
             Some((Reply::UserNamespace, mut fds)) if fds.len() == 1 => Ok(fds.pop().unwrap()),
             Some((Reply::Failed { error }, _)) => Err(Error::Init(error)),
             Some(_) => Err(Error::Other("launcher sent a malformed reply".into())),
-            None => Err(Error::Other("the launcher process is gone".into())),
+            None => Err(launcher_gone(&"it closed its channel")),
         }
     }
 }
@@ -170,6 +172,12 @@ pub enum ExitReport {
     Nothing,
     /// The channel is closed: the launcher died.
     LauncherGone,
+}
+
+fn launcher_gone(why: &dyn std::fmt::Display) -> Error {
+    Error::Other(format!(
+        "the launcher process is gone ({why}): this shim can start no process any more"
+    ))
 }
 
 /// The shim's end of the exit channel.
