@@ -8,9 +8,7 @@ use std::{
 };
 
 use crate::{
-    mountapi::{
-        self, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV,
-    },
+    fd::{self, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV},
     plan::kernel::{KernelPlan, SchedulerPlan, Sysctl},
     Error, Result,
 };
@@ -20,7 +18,7 @@ use crate::{
 pub struct ProcSys(OwnedFd);
 
 pub fn open_proc_sys() -> Result<ProcSys> {
-    let fd = mountapi::openat2(
+    let fd = fd::openat2(
         cwd(),
         Path::new("/proc/sys"),
         libc::O_PATH | libc::O_DIRECTORY,
@@ -44,7 +42,7 @@ pub fn open_proc_sys() -> Result<ProcSys> {
 pub fn write_sysctls(proc_sys: &ProcSys, sysctls: &[Sysctl]) -> Result<()> {
     for s in sysctls {
         let field = format!("linux.sysctl[{:?}]", s.key);
-        let fd = mountapi::openat2(
+        let fd = fd::openat2(
             proc_sys.0.as_fd(),
             &s.path,
             libc::O_WRONLY,

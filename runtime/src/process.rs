@@ -171,15 +171,15 @@ const PASSWD_MAX_BYTES: u64 = 4 << 20;
 fn passwd_home(uid: u32) -> Option<String> {
     use std::{io::Read, os::fd::AsFd};
     let root = std::fs::File::open("/").ok()?;
-    let fd = crate::mountapi::openat2(
+    let fd = crate::fd::openat2(
         root.as_fd(),
         Path::new("etc/passwd"),
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
         0,
-        crate::mountapi::RESOLVE_NO_MAGICLINKS | crate::mountapi::RESOLVE_IN_ROOT,
+        crate::fd::RESOLVE_NO_MAGICLINKS | crate::fd::RESOLVE_IN_ROOT,
     )
     .ok()?;
-    let st = crate::rootdir::fstat(fd.as_fd()).ok()?;
+    let st = crate::fd::fstat(fd.as_fd()).ok()?;
     let fs = nix::sys::statfs::fstatfs(&fd).ok()?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG
         || fs.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC

@@ -11,7 +11,6 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use super::channel::Channel;
 use crate::{
-    idmap,
     namespaces::{self, user},
     plan::{LaunchPlan, NamespaceKind, NamespacePlan},
     Error, Result,
@@ -137,7 +136,7 @@ pub fn spawn(
     cgroup: Option<BorrowedFd<'_>>,
     init: impl FnOnce(LauncherFds),
 ) -> Result<(i32, bool)> {
-    let bind_trees = idmap::prepare(plan)?;
+    let bind_trees = crate::rootfs::idmap::prepare(plan)?;
     let ns = &plan.namespaces;
     let map_signal = ns
         .creates(NamespaceKind::User)

@@ -19,7 +19,8 @@ use nix::{
     unistd::{chroot, fchdir},
 };
 
-use crate::{rootdir::RootDir, Error, Result};
+use super::resolve::RootDir;
+use crate::{Error, Result};
 
 const NONE: Option<&str> = None;
 

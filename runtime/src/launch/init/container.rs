@@ -1,0 +1,93 @@
+//! The first process of a new container. It is alone in namespaces the launcher just made
+//! (or joined on the spec's word, before it existed), so nothing inside the container can
+//! have prepared a trap for it yet; the image's files can, and every path inside the rootfs
+//! is resolved inside it (see `rootfs`). Order: user namespace, oomScoreAdj, time
+//! namespace, hostname, network, LSM labels, then the root filesystem (with the create
+//! hooks between the mounts and pivot_root).
+
+use nix::{
+    sched::{unshare, CloneFlags},
+    unistd::sethostname,
+};
+
+use super::{Console, InitMessage, ShimMessage};
+use crate::{
+    hooks, kernel,
+    launch::{channel::Channel, spawn::LauncherFds},
+    namespaces,
+    plan::{LaunchPlan, NamespaceKind},
+    process, rootfs, Error, Result,
+};
+
+/// Everything up to the process settings; returns where the terminal comes from.
+pub(super) fn setup(
+    plan: &LaunchPlan,
+    channel: &Channel,
+    launcher: LauncherFds,
+) -> Result<Console> {
+    // The shim creates the cgroup and moves us into it while we set up (see `Launched`).
+    // Joined namespaces were entered before the clone (see `spawn`).
+    if let Some(mapped) = launcher.mapped {
+        namespaces::user::wait_mapped(mapped)?;
+    }
+    // Changing uid makes us non-dumpable, and our /proc/self files then belong to the
+    // host's root: write them before becoming root of a user namespace.
+    if let Some(adj) = plan.process.oom_score_adj {
+        process::set_oom_score_adj(adj)?;
+    }
+    if plan.namespaces.creates(NamespaceKind::Time) {
+        namespaces::time::create(&plan.namespaces.time_offsets)?;
+    }
+    if plan.namespaces.has(NamespaceKind::User) {
+        namespaces::user::become_root(&plan.namespaces)?;
+    }
+    if let Some(h) = &plan.hostname {
+        sethostname(h).map_err(|e| Error::sys(format!("hostname: set {h:?}"), e))?;
+    }
+    if let Some(d) = &plan.domainname {
+        // SAFETY: setdomainname reads `len` bytes from a valid buffer.
+        if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+            return Err(Error::Init(format!(
+                "domainname: set {d:?}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    if plan.kernel.loopback_up {
+        kernel::loopback_up()?;
+    }
+    // Exec labels take effect at execve; written while /proc is still the host's.
+    kernel::apply_lsm_labels(&plan.kernel)?;
+    rootfs::prepare(plan, launcher.bind_trees, || create_hooks(plan, channel))?;
+    Ok(match plan.process.terminal {
+        true => Console::Pty { bind_console: true },
+        false => Console::None,
+    })
+}
+
+/// Between the mounts and pivot_root: the shim runs prestart and createRuntime in the runtime
+/// namespaces while we wait, then we run createContainer in ours (paths still resolve on
+/// the host, since the root has not moved yet).
+///
+/// The same round trip makes sure we are in our cgroup before we create a cgroup
+/// namespace (its root is the cgroup we are in), while we still hold CAP_SYS_ADMIN.
+fn create_hooks(plan: &LaunchPlan, channel: &Channel) -> Result<()> {
+    let new_cgroupns = plan.namespaces.creates(NamespaceKind::Cgroup);
+    if plan.hooks.has_runtime_create_hooks() || new_cgroupns {
+        channel.send(&InitMessage::RunCreateHooks, &[])?;
+        match channel.recv::<ShimMessage>()? {
+            Some((ShimMessage::CreateHooksDone, _)) => {}
+            other => {
+                return Err(Error::Init(format!(
+                    "waiting for the create hooks: unexpected {:?}",
+                    other.map(|(m, _)| m)
+                )))
+            }
+        }
+    }
+    if new_cgroupns {
+        unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| Error::sys("create cgroup namespace", e))?;
+    }
+    hooks::create_container(&plan.hooks, &plan.rootfs)
+}
