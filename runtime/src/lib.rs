@@ -15,6 +15,7 @@ pub mod launch;
 pub mod namespaces;
 pub mod plan;
 pub mod process;
+pub mod procfs;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;

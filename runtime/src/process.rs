@@ -70,8 +70,12 @@ pub fn set_rlimits(plan: &ProcessPlan) -> Result<()> {
     Ok(())
 }
 
-pub fn set_oom_score_adj(value: i32) -> Result<()> {
-    std::fs::write("/proc/self/oom_score_adj", value.to_string())
+/// The launcher, for its new child `pid` (not yet reaped, so the pid is that process): the
+/// oomScoreAdj goes through the host's procfs, from outside. The process itself could only
+/// reach the /proc of the container it is in, which is the container's to fake.
+pub fn set_oom_score_adj(pid: i32, value: i32) -> Result<()> {
+    crate::procfs::handle()?
+        .write_pid(pid, "oom_score_adj", &value.to_string())
         .map_err(|e| Error::Init(format!("process.oomScoreAdj: write {value}: {e}")))
 }
 

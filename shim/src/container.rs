@@ -13,7 +13,7 @@ use std::{
 
 use runtime::{
     launch::{Exit, Launched},
-    plan::{LaunchPlan, ProcessPlan},
+    plan::{ExecProcessPlan, LaunchPlan},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +150,7 @@ pub struct StdioPaths {
 #[derive(Debug)]
 pub struct ExecProcess {
     pub process: Arc<Process>,
-    pub spec: ProcessPlan,
+    pub spec: ExecProcessPlan,
     pub stdio: StdioPaths,
 }
 

@@ -421,9 +421,9 @@ impl Service {
             serde_json::from_slice(&any.value).map_err(|e| {
                 Error::InvalidArgument(format!("exec {}: invalid process spec: {e}", req.exec_id))
             })?;
-        let mut spec = runtime::plan::process::plan_process(&process)?;
+        let mut spec = runtime::plan::plan_exec_process(&process)?;
         // The request's terminal wins over the process spec's, as in containerd's runc shim.
-        spec.terminal = req.terminal;
+        spec.process.terminal = req.terminal;
         let mut execs = c.execs.lock().unwrap_or_else(|p| p.into_inner());
         if execs.contains_key(&req.exec_id) {
             return Err(Error::AlreadyExists(format!(
@@ -483,7 +483,7 @@ impl Service {
             }
             s.starting = true;
         }
-        let plan = runtime::plan::exec_plan(&c.plan, init_pid, e.spec.clone());
+        let plan = runtime::plan::exec_plan(&c.plan, init_pid, &e.spec);
         let io = LaunchIo::open(&e.stdio, &c.id, &self.namespace, c.io_owner)
             .inspect_err(|_| e.process.lock().starting = false)?;
         let on_exit = {

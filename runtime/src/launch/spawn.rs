@@ -157,17 +157,25 @@ pub fn spawn(
         // SAFETY: _exit has no preconditions.
         unsafe { libc::_exit(1) }
     }
-    if let Some(signal) = map_signal {
-        let mappings = ns
-            .id_mappings
-            .as_ref()
-            .ok_or_else(|| Error::Other("plan has a new user namespace but no mappings".into()));
-        if let Err(e) = mappings.and_then(|m| user::map_init(pid, m, signal.into_sender())) {
-            // SAFETY: kill(2) of our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            user::reap(pid);
-            return Err(e);
+    // From outside, while the child sets up: the child could only reach the /proc of the
+    // container it is in (see `procfs`).
+    let outside = || -> Result<()> {
+        if let Some(signal) = map_signal {
+            let mappings = ns.id_mappings.as_ref().ok_or_else(|| {
+                Error::Other("plan has a new user namespace but no mappings".into())
+            })?;
+            user::map_init(pid, mappings, signal.into_sender())?;
         }
+        if let Some(adj) = plan.process.oom_score_adj {
+            crate::process::set_oom_score_adj(pid, adj)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = outside() {
+        // SAFETY: kill(2) of our own child, which we have not reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        user::reap(pid);
+        return Err(e);
     }
     Ok((pid, in_cgroup))
 }

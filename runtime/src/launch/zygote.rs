@@ -199,6 +199,11 @@ fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
         std::process::exit(0);
     }
     set_name(b"shim-rs-launch\0");
+    // Opened here, in the host's mount namespace, and inherited by every process we clone:
+    // their only way to their own /proc files (see `procfs`).
+    if crate::procfs::handle().is_err() {
+        std::process::exit(1);
+    }
     let sigchld = match child_signal_fd() {
         Ok(fd) => fd,
         Err(_) => std::process::exit(1),
@@ -327,6 +332,8 @@ fn launch(
     }
     let cgroup = if into_cgroup { fds.pop() } else { None };
     let stdio = fds;
+    // Decided here, on the host's /sys, never on a container's.
+    crate::kernel::check_lsm_labels(&plan.kernel)?;
     let (shim_end, init_end) = Channel::pair()?;
     let mut shim_end = Some(shim_end);
     let (pid, in_cgroup) = spawn::spawn(plan, cgroup.as_ref().map(|c| c.as_fd()), |launcher| {

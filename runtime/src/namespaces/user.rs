@@ -4,7 +4,7 @@
 //! namespaces that idmapped mounts are made with.
 
 use std::{
-    fs::{self, File},
+    fs::File,
     io::{Read, Write},
     os::fd::{AsRawFd, OwnedFd},
 };
@@ -17,7 +17,7 @@ use crate::{
         idmap::{map_file_text, parse_map_file, same_ranges, IdMapping, IdMappings},
         NamespaceKind, NamespacePlan,
     },
-    Error, Result,
+    procfs, Error, Result,
 };
 
 /// Writes the maps of the user namespace of `pid`; `field` names the spec field they come
@@ -27,9 +27,10 @@ use crate::{
 /// accepts a gid_map only with setgroups(2) disabled. As root we leave setgroups allowed, so
 /// that the init can set the spec's additionalGids.
 pub fn write_mappings(pid: i32, mappings: &IdMappings, field: &str) -> Result<()> {
+    let proc = procfs::handle()?;
     let write = |file: &str, text: &str, what: &str| {
-        let path = format!("/proc/{pid}/{file}");
-        fs::write(&path, text).map_err(|e| Error::Init(format!("{what}: write {path}: {e}")))
+        proc.write_pid(pid, file, text)
+            .map_err(|e| Error::Init(format!("{what}: write /proc/{pid}/{file}: {e}")))
     };
     if nix::unistd::geteuid().as_raw() != 0 {
         write("setgroups", "deny", field)?;
@@ -82,11 +83,12 @@ pub fn map_init(pid: i32, mappings: &IdMappings, sender: OwnedFd) -> Result<()> 
         .map_err(|e| Error::Init(format!("tell the init its user namespace is mapped: {e}")))
 }
 
-/// Reads /proc/self/<file> (uid_map or gid_map) of a joined user namespace and compares it with
-/// what the spec says it should be.
+/// Reads /proc/self/<file> (uid_map or gid_map) of a joined user namespace, through the
+/// launcher's procfs handle, and compares it with what the spec says it should be.
 fn check_joined(file: &str, want: &[IdMapping], field: &str) -> Result<()> {
-    let path = format!("/proc/self/{file}");
-    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = procfs::handle()?
+        .read_self(file)
+        .map_err(|e| Error::Init(format!("{field}: read /proc/self/{file}: {e}")))?;
     match parse_map_file(&text) {
         Some(have) if same_ranges(&have, want) => Ok(()),
         _ => Err(Error::invalid(
@@ -136,9 +138,13 @@ pub fn become_root(plan: &NamespacePlan) -> Result<()> {
     Ok(())
 }
 
-/// Whether setgroups(2) works in our user namespace ("deny" in /proc/self/setgroups when not).
+/// Whether setgroups(2) works in our user namespace ("deny" in /proc/self/setgroups when
+/// not), read through the launcher's procfs handle.
 pub fn setgroups_allowed() -> bool {
-    fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() != "deny")
+    procfs::handle()
+        .ok()
+        .and_then(|p| p.read_self("setgroups").ok())
+        .is_none_or(|s| s.trim() != "deny")
 }
 
 /// A user namespace with these maps, kept by descriptor (for MOUNT_ATTR_IDMAP). Made by a

@@ -264,7 +264,12 @@ fn enter_root(plan: &LaunchPlan, root: &RootDir) -> Result<()> {
         Ok(()) => Ok(()),
         Err(nix::Error::EINVAL)
             if chroot::root_is_initramfs(
-                &fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+                &crate::procfs::handle()
+                    .and_then(|p| {
+                        p.read_self("mountinfo")
+                            .map_err(|e| Error::io("/proc/self/mountinfo", e))
+                    })
+                    .unwrap_or_default(),
             ) =>
         {
             chroot::move_root(root)

@@ -1,9 +1,9 @@
 //! The first process of a new container. It is alone in namespaces the launcher just made
 //! (or joined on the spec's word, before it existed), so nothing inside the container can
 //! have prepared a trap for it yet; the image's files can, and every path inside the rootfs
-//! is resolved inside it (see `rootfs`). Order: user namespace, oomScoreAdj, time
-//! namespace, hostname, network, LSM labels, then the root filesystem (with the create
-//! hooks between the mounts and pivot_root).
+//! is resolved inside it (see `rootfs`). Order: user namespace, time namespace, hostname,
+//! network, LSM labels, then the root filesystem (with the create hooks between the mounts
+//! and pivot_root). Its oomScoreAdj is written by the launcher, like an exec's.
 
 use nix::{
     sched::{unshare, CloneFlags},
@@ -16,7 +16,7 @@ use crate::{
     launch::{channel::Channel, spawn::LauncherFds},
     namespaces,
     plan::{LaunchPlan, NamespaceKind},
-    process, rootfs, Error, Result,
+    rootfs, Error, Result,
 };
 
 /// Everything up to the process settings; returns where the terminal comes from.
@@ -29,11 +29,6 @@ pub(super) fn setup(
     // Joined namespaces were entered before the clone (see `spawn`).
     if let Some(mapped) = launcher.mapped {
         namespaces::user::wait_mapped(mapped)?;
-    }
-    // Changing uid makes us non-dumpable, and our /proc/self files then belong to the
-    // host's root: write them before becoming root of a user namespace.
-    if let Some(adj) = plan.process.oom_score_adj {
-        process::set_oom_score_adj(adj)?;
     }
     if plan.namespaces.creates(NamespaceKind::Time) {
         namespaces::time::create(&plan.namespaces.time_offsets)?;

@@ -2,8 +2,10 @@
 //! all the time they wanted to rearrange what the exec will find, and a privileged one
 //! (CAP_SYS_ADMIN in its namespaces) can mount anything anywhere in its mount namespace.
 //! So, once in the container's namespaces, an exec:
-//! - never writes a file of the container's /proc or /sys, and never decides anything from
-//!   what they contain;
+//! - never reads or writes a file of the container's /proc or /sys, nor decides anything
+//!   from what they contain: its own /proc files are reached through the launcher's
+//!   procfs handle (`procfs`), its oomScoreAdj is written by the launcher, the LSM modules
+//!   are looked for in the host's /sys, by the launcher;
 //! - touches no path of the container's except the program it runs (resolved like any
 //!   exec(2) of the container would), its working directory and /etc/passwd for HOME (read
 //!   as untrusted data), and, for a terminal, its devpts instance (checked, see `terminal`);
@@ -13,13 +15,12 @@
 //! clone) and cgroup.
 
 use super::Console;
-use crate::{kernel, namespaces, plan::LaunchPlan, plan::NamespaceKind, process, Result};
+use crate::{kernel, namespaces, plan::LaunchPlan, plan::NamespaceKind, Result};
 
 /// Everything up to the process settings; returns where the terminal comes from.
 pub(super) fn setup(plan: &LaunchPlan) -> Result<Console> {
-    if let Some(adj) = plan.process.oom_score_adj {
-        process::set_oom_score_adj(adj)?;
-    }
+    // oomScoreAdj was written by the launcher, from outside (see `spawn`); the LSM modules
+    // were checked there too, in the host's /sys.
     if plan.namespaces.has(NamespaceKind::User) {
         namespaces::user::become_root(&plan.namespaces)?;
     }
