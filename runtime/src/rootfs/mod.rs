@@ -27,7 +27,7 @@ pub mod mount;
 pub mod resolve;
 
 use self::{
-    masked::{locked_flags, make_readonly, mask},
+    masked::locked_flags,
     mount::{
         attach_tree, bind_onto, clone_tree, mount_at, set_mount_attr, set_propagation,
         BIND_ATTR_FLAGS,
@@ -334,12 +334,8 @@ pub fn prepare(
     }
     before_pivot()?;
     enter_root(plan, &root)?;
-    for p in &plan.readonly_paths {
-        make_readonly(p)?;
-    }
-    for p in &plan.masked_paths {
-        mask(p)?;
-    }
+    masked::readonly_paths(&plan.readonly_paths)?;
+    masked::mask_paths(&plan.masked_paths)?;
     if plan.readonly_root {
         let flags = MsFlags::MS_BIND
             | MsFlags::MS_REMOUNT

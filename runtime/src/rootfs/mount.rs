@@ -27,6 +27,7 @@ const OPEN_TREE_CLONE: u32 = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x04;
 const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
 const FSOPEN_CLOEXEC: u32 = 0x01;
+const FSCONFIG_SET_FLAG: u32 = 0;
 const FSCONFIG_SET_STRING: u32 = 1;
 const FSCONFIG_CMD_CREATE: u32 = 6;
 const FSMOUNT_CLOEXEC: u32 = 0x01;
@@ -84,8 +85,9 @@ fn open_tree(
 }
 
 /// A new, detached mount of filesystem `fstype` with the string `options` (fsconfig keys and
-/// values, "source" included) and mount attributes `attr`: fsopen(2) + fsmount(2). Nothing
-/// is resolved by path, and the mount is visible nowhere until it is attached.
+/// values, "source" included; an empty value sets a flag such as "ro") and mount attributes
+/// `attr`: fsopen(2) + fsmount(2). Nothing is resolved by path, and the mount is visible
+/// nowhere until it is attached.
 pub fn new_fs_tree(fstype: &str, options: &[(&str, &str)], attr: u64) -> io::Result<OwnedFd> {
     let name = CString::new(fstype).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: a NUL-terminated filesystem name.
@@ -95,14 +97,18 @@ pub fn new_fs_tree(fstype: &str, options: &[(&str, &str)], attr: u64) -> io::Res
             CString::new(*key).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
             CString::new(*value).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
         );
-        // SAFETY: a valid fs context and two NUL-terminated strings.
+        let (cmd, value) = match value.is_empty() {
+            true => (FSCONFIG_SET_FLAG, std::ptr::null()),
+            false => (FSCONFIG_SET_STRING, v.as_ptr()),
+        };
+        // SAFETY: a valid fs context, a NUL-terminated key and value (or none for a flag).
         unit_result(unsafe {
             libc::syscall(
                 libc::SYS_fsconfig,
                 ctx.as_raw_fd(),
-                FSCONFIG_SET_STRING,
+                cmd,
                 k.as_ptr(),
-                v.as_ptr(),
+                value,
                 0,
             )
         })?;
