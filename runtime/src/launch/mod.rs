@@ -9,6 +9,7 @@
 
 pub mod channel;
 pub mod init;
+pub mod sealed_exe;
 pub mod spawn;
 pub mod zygote;
 
