@@ -77,6 +77,10 @@ impl Zygote {
             nix::unistd::ForkResult::Child => {
                 drop(shim_end);
                 drop(exits_shim_end);
+                // Nothing of the daemon's but stdio and our two channels: not its ttrpc
+                // listening socket, not its working directory.
+                close_all_but(&[zygote_end.as_raw_fd(), exits_zygote_end.as_raw_fd()]);
+                let _ = std::env::set_current_dir("/");
                 serve(zygote_end, exits_zygote_end, parent)
             }
             nix::unistd::ForkResult::Parent { child } => Ok(Zygote {
@@ -179,6 +183,41 @@ impl From<OwnedFd> for Channel {
     }
 }
 
+/// Closes every descriptor from 3 up except `keep`.
+fn close_all_but(keep: &[i32]) {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for k in keep.into_iter().filter(|k| *k >= 3).map(|k| k as u32) {
+        if k > from {
+            // SAFETY: close_range on descriptors of our own process.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) };
+        }
+        from = k + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+}
+
+/// A pidfd of the launcher itself, which every process it clones inherits: their way to
+/// learn that it died before they set their death signal.
+static LAUNCHER: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// In a process the launcher cloned: whether the launcher is still alive (a pidfd becomes
+/// readable when its process exits). True where there is no launcher to ask.
+pub(crate) fn launcher_alive() -> bool {
+    let Some(fd) = LAUNCHER.get() else {
+        return true;
+    };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd without waiting.
+    unsafe { libc::poll(&mut p, 1, 0) == 0 }
+}
+
 fn set_name(name: &[u8]) {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
@@ -203,6 +242,13 @@ fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
     // their only way to their own /proc files (see `procfs`).
     if crate::procfs::handle().is_err() {
         std::process::exit(1);
+    }
+    // SAFETY: pidfd_open of ourselves; the result is a new descriptor or an error.
+    let me = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0) };
+    if me >= 0 {
+        // SAFETY: a new descriptor nothing else owns (close-on-exec: see below).
+        let me = unsafe { OwnedFd::from_raw_fd(me as i32) };
+        let _ = LAUNCHER.set(me);
     }
     let sigchld = match child_signal_fd() {
         Ok(fd) => fd,

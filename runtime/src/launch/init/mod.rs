@@ -80,9 +80,14 @@ pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>, launcher: L
 /// The start both kinds share: tied to the launcher's life, invisible to ptrace, a session
 /// of its own, the stdio the shim sent.
 fn begin(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<()> {
-    // Die with the launcher until we are started.
+    // Die with the launcher until we are started; if it died before we asked, it is too late
+    // for the signal, so look (its pidfd, inherited: getppid says nothing in a new pid
+    // namespace).
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if !super::zygote::launcher_alive() {
+        std::process::exit(1);
+    }
     // Until we exec, we run the shim's binary and hold its descriptors: no ptrace and no
     // /proc/<pid>/{exe,fd} of ours for the processes that can see us (those of a joined pid
     // namespace, startContainer hooks). The exec of the container's program makes it
