@@ -12,7 +12,7 @@ use std::{
 };
 
 use runtime::{
-    launch::{Exit, Launched},
+    launch::{Exit, Launched, Pidfd},
     plan::{ExecProcessPlan, LaunchPlan},
 };
 
@@ -26,6 +26,11 @@ pub enum Status {
 #[derive(Debug)]
 pub struct ProcessState {
     pub pid: i32,
+    /// The process itself: signals go here, never to the pid (see `runtime::launch::pidfd`).
+    pub pidfd: Option<Arc<Pidfd>>,
+    /// The launcher reaped it: its pid may be anyone's now, even while its exit waits for
+    /// the output to drain (see [`Process::mark_reaped`]).
+    pub reaped: bool,
     pub status: Status,
     pub exit: Option<Exit>,
     /// Held until Start: the channel to the init that waits to exec.
@@ -57,6 +62,8 @@ impl Default for Process {
         Process {
             state: Mutex::new(ProcessState {
                 pid: 0,
+                pidfd: None,
+                reaped: false,
                 status: Status::Created,
                 exit: None,
                 launched: None,
@@ -102,6 +109,32 @@ impl ProcessState {
 impl Process {
     pub fn lock(&self) -> MutexGuard<'_, ProcessState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The first thing on an exit, before anything that takes time: from now on the process
+    /// takes no more signals, whatever State says until the exit is published.
+    pub fn mark_reaped(&self) {
+        self.lock().reaped = true;
+    }
+
+    /// Signals the process through its pidfd; NotFound once it has exited.
+    pub fn signal(&self, signal: i32) -> crate::error::Result<()> {
+        let s = self.lock();
+        let finished = || crate::error::Error::NotFound("process already finished".into());
+        if s.reaped || s.status == Status::Stopped {
+            return Err(finished());
+        }
+        let Some(pidfd) = s.pidfd.clone() else {
+            return Err(finished());
+        };
+        drop(s);
+        match pidfd.signal(signal) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(finished()),
+            Err(e) => Err(crate::error::Error::Internal(format!(
+                "signal {signal}: {e}"
+            ))),
+        }
     }
 
     /// Lets a terminal's last output reach containerd before the exit is announced.

@@ -187,6 +187,7 @@ impl Service {
                 (plan.cgroup.clone(), plan.namespaces.has(NamespaceKind::Pid));
             let (oom, paused) = (self.oom.clone(), paused.clone());
             move |exit: Exit| {
+                watched.mark_reaped();
                 // An OOM kill is signalled before the victim dies: publish it before the exit.
                 if let Some(oom) = &oom {
                     oom.check(&cid);
@@ -219,11 +220,18 @@ impl Service {
         };
         let t_cgroup = t0.elapsed();
         let launched = cgroups::open_birth_cgroup(&plan.cgroup).and_then(|birth| {
-            self.zygote
-                .launch(&plan, io.fds(), birth.as_ref().map(|f| f.as_fd()), |pid| {
-                    init.lock().pid = pid;
+            self.zygote.launch(
+                &plan,
+                io.fds(),
+                birth.as_ref().map(|f| f.as_fd()),
+                None,
+                |pid, pidfd| {
+                    let mut s = init.lock();
+                    (s.pid, s.pidfd) = (pid, Some(pidfd.clone()));
+                    drop(s);
                     self.exits.watch(pid, on_exit);
-                })
+                },
+            )
         });
         let launched = match launched {
             Ok(l) => l,
@@ -261,8 +269,7 @@ impl Service {
             })
             .and_then(|console| io.start(console));
         if let Err(e) = ready {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = launched.pidfd.signal(libc::SIGKILL);
             init.wait();
             let _ = init.lock().finish_cgroup_join();
             let _ = cgroups::destroy(&plan.cgroup);
@@ -377,7 +384,7 @@ impl Service {
         // startContainer hooks run in the init between Start and exec.
         if let Err(e) = launched.start() {
             drop(s);
-            stop_failed_start(&c, pid);
+            stop_failed_start(&c);
             return Err(Error::Runtime(e));
         }
         if s.status == Status::Created {
@@ -398,7 +405,7 @@ impl Service {
         // Without the lock: Kill and State must work while a poststart hook runs.
         drop(s);
         if let Err(e) = hooks::poststart(&c.plan.hooks, pid, status) {
-            stop_failed_start(&c, pid);
+            stop_failed_start(&c);
             return Err(e.into());
         }
         Ok(pid as u32)
@@ -464,15 +471,15 @@ impl Service {
             ))
         })?;
         c.refuse_if_paused()?;
-        let init_pid = {
+        let (init_pid, init_pidfd) = {
             let s = c.init.lock();
-            if s.status != Status::Running {
+            if s.status != Status::Running || s.reaped {
                 return Err(Error::FailedPrecondition(format!(
                     "container {} is {:?}: cannot start exec {exec_id}",
                     c.id, s.status
                 )));
             }
-            s.pid
+            (s.pid, s.pidfd.clone())
         };
         {
             let mut s = e.process.lock();
@@ -495,6 +502,7 @@ impl Service {
                 c.exit_order.clone(),
             );
             move |exit: Exit| {
+                watched.mark_reaped();
                 watched.drain_output();
                 let was_running = watched.lock().status == Status::Running;
                 let mut s = watched.set_exited(exit);
@@ -524,10 +532,19 @@ impl Service {
             .map_err(Error::from)
             .and_then(|birth| {
                 self.zygote
-                    .launch(&plan, io.fds(), birth.as_ref().map(|f| f.as_fd()), |pid| {
-                        e.process.lock().pid = pid;
-                        self.exits.watch(pid, on_exit);
-                    })
+                    .launch(
+                        &plan,
+                        io.fds(),
+                        birth.as_ref().map(|f| f.as_fd()),
+                        // The namespaces of that very init, whoever has its pid by now.
+                        init_pidfd.as_ref().map(|p| p.as_fd()),
+                        |pid, pidfd| {
+                            let mut s = e.process.lock();
+                            (s.pid, s.pidfd) = (pid, Some(pidfd.clone()));
+                            drop(s);
+                            self.exits.watch(pid, on_exit);
+                        },
+                    )
                     .map_err(Error::from)
             });
         let fail = |err: Error| {
@@ -535,7 +552,7 @@ impl Service {
             err
         };
         let launched = launched.map_err(fail)?;
-        let pid = launched.pid;
+        let (pid, pidfd) = (launched.pid, launched.pidfd.clone());
         // Setup errors first (they say more than a failed cgroup move of a dead process).
         let ready = launched
             .wait_ready(|| Ok(())) // execs have no create hooks
@@ -550,8 +567,7 @@ impl Service {
                 launched.start().map_err(Error::from)
             });
         if let Err(err) = ready {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = pidfd.signal(libc::SIGKILL);
             e.process.wait();
             return Err(fail(err));
         }
@@ -604,9 +620,8 @@ impl Service {
                 // Never started: the process waits on its channel; take it down.
                 let mut s = process.lock();
                 let _ = s.finish_cgroup_join();
-                if s.pid > 0 {
-                    // SAFETY: kill(2) has no memory-safety preconditions.
-                    unsafe { libc::kill(s.pid, libc::SIGKILL) };
+                if let Some(pidfd) = s.pidfd.clone() {
+                    let _ = pidfd.signal(libc::SIGKILL);
                 } else {
                     // An exec that was added but never launched has no process to wait for.
                     drop(s);
@@ -697,30 +712,27 @@ impl Service {
     fn do_kill(&self, req: &KillRequest) -> Result<()> {
         let c = self.container(&req.id)?;
         let process = self.process(&c, &req.exec_id)?;
-        let s = process.lock();
-        if s.status == Status::Stopped || s.pid <= 0 {
-            return Err(Error::NotFound(format!(
-                "container {}: process already finished",
-                req.id
-            )));
-        }
         let signal = req.signal as i32;
-        let mut targets = vec![s.pid];
+        let pid = process.lock().pid;
+        process.signal(signal).map_err(|e| match e {
+            Error::NotFound(_) => {
+                Error::NotFound(format!("container {}: process already finished", req.id))
+            }
+            other => other,
+        })?;
         if req.all && req.exec_id.is_empty() {
-            targets.extend(
-                cgroups::pids(&c.plan.cgroup)
-                    .into_iter()
-                    .filter(|p| *p != s.pid),
-            );
-        }
-        for pid in targets {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            if unsafe { libc::kill(pid, signal) } != 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::ESRCH) {
-                    return Err(Error::Internal(format!(
-                        "kill {pid} with signal {signal}: {e}"
-                    )));
+            for other in cgroups::pids(&c.plan.cgroup)
+                .into_iter()
+                .filter(|p| *p != pid)
+            {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                if unsafe { libc::kill(other, signal) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::ESRCH) {
+                        return Err(Error::Internal(format!(
+                            "kill {other} with signal {signal}: {e}"
+                        )));
+                    }
                 }
             }
         }
@@ -858,11 +870,8 @@ impl Service {
 
 /// A failed Start stops the container (runtime.md lifecycle steps 7 and 9) and returns once
 /// its exit is recorded: clients delete a task only when it is stopped.
-fn stop_failed_start(c: &Container, pid: i32) {
-    if c.init.lock().status != Status::Stopped {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
+fn stop_failed_start(c: &Container) {
+    let _ = c.init.signal(libc::SIGKILL);
     c.init.wait();
 }
 

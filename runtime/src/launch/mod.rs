@@ -9,16 +9,23 @@
 
 pub mod channel;
 pub mod init;
+pub mod pidfd;
 pub mod sealed_exe;
 pub mod spawn;
 pub mod zygote;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
 use self::channel::Channel;
-pub use self::zygote::{Exit, ExitChannel, Zygote};
+pub use self::{
+    pidfd::Pidfd,
+    zygote::{Exit, ExitChannel, Zygote},
+};
 use crate::{plan::seccomp::ListenerPlan, seccomp, Error, Result};
 
 /// init -> shim.
@@ -48,6 +55,8 @@ pub enum ShimMessage {
 #[derive(Debug)]
 pub struct Launched {
     pub pid: i32,
+    /// The process, whatever its pid comes to mean later.
+    pub pidfd: Arc<Pidfd>,
     /// Born in the cgroup v2 directory the launch asked for (clone3 CLONE_INTO_CGROUP); false
     /// when none was asked or the kernel cannot, and then the caller moves the process.
     pub in_cgroup: bool,
@@ -57,9 +66,10 @@ pub struct Launched {
 }
 
 impl Launched {
-    fn new(pid: i32, channel: Channel, plan: &crate::plan::LaunchPlan) -> Self {
+    fn new(pid: i32, pidfd: Arc<Pidfd>, channel: Channel, plan: &crate::plan::LaunchPlan) -> Self {
         Launched {
             pid,
+            pidfd,
             in_cgroup: false,
             channel,
             seccomp_listener: plan.seccomp.as_ref().and_then(|s| s.listener.clone()),
@@ -125,8 +135,7 @@ impl Launched {
         self.channel.send(&ShimMessage::Start, &[])?;
         // A failed seccomp hand-off leaves the init waiting for a confirmation: end it.
         let kill = |e: Error| {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let _ = self.pidfd.signal(libc::SIGKILL);
             e
         };
         match self.recv("created").map_err(kill)? {

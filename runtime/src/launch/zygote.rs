@@ -3,13 +3,13 @@
 use std::{
     collections::HashSet,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use nix::sys::signal::{SigSet, Signal};
 use serde::{Deserialize, Serialize};
 
-use super::{channel::Channel, init, spawn, Launched};
+use super::{channel::Channel, init, pidfd::Pidfd, spawn, Launched};
 use crate::{
     namespaces::user,
     plan::{idmap::IdMappings, LaunchPlan},
@@ -19,10 +19,13 @@ use crate::{
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
     /// Comes with the init's stdin, stdout and stderr, then (with `into_cgroup`) the cgroup
-    /// v2 directory the init is to be born in.
+    /// v2 directory the init is to be born in, then (with `enter`) the pidfd of the live
+    /// init whose namespaces an exec enters.
     Launch {
         plan: Box<LaunchPlan>,
         into_cgroup: bool,
+        #[serde(default)]
+        enter: bool,
     },
     /// A user namespace with these maps, for idmapped mounts the shim makes itself (the
     /// rootfs containerd prepares); `field` names where the maps come from.
@@ -41,7 +44,7 @@ pub struct Exit {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
-    /// Comes with one descriptor: the shim's end of the init's channel.
+    /// Comes with two descriptors: the shim's end of the init's channel, a pidfd of it.
     Launched {
         pid: i32,
         /// Born in the cgroup it was sent: no move needed.
@@ -105,33 +108,43 @@ impl Zygote {
     }
 
     /// Clones a new container init for `plan` with the given stdio, born in the cgroup v2
-    /// directory `cgroup` where the kernel can (see [`Launched::in_cgroup`]). `register` runs
-    /// with the new pid before any other launch can happen, so the caller can record the pid
-    /// before a reused pid could ever be reported.
+    /// directory `cgroup` where the kernel can (see [`Launched::in_cgroup`]); an exec enters
+    /// the namespaces of the live init `enter` (its pidfd). `register` runs with the new
+    /// process before any other launch can happen, so the caller can record it before a
+    /// reused pid could ever be reported.
     pub fn launch(
         &self,
         plan: &LaunchPlan,
         stdio: [BorrowedFd<'_>; 3],
         cgroup: Option<BorrowedFd<'_>>,
-        register: impl FnOnce(i32),
+        enter: Option<BorrowedFd<'_>>,
+        register: impl FnOnce(i32, &Arc<Pidfd>),
     ) -> Result<Launched> {
         let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
         let fds: Vec<_> = stdio
             .iter()
             .chain(cgroup.as_ref())
+            .chain(enter.as_ref())
             .map(|f| f.as_raw_fd())
             .collect();
         channel.send(
             &Request::Launch {
                 plan: Box::new(plan.clone()),
                 into_cgroup: cgroup.is_some(),
+                enter: enter.is_some(),
             },
             &fds,
         )?;
         match channel.recv::<Reply>()? {
-            Some((Reply::Launched { pid, in_cgroup }, mut fds)) if fds.len() == 1 => {
-                register(pid);
-                let mut launched = Launched::new(pid, Channel::from(fds.pop().unwrap()), plan);
+            Some((Reply::Launched { pid, in_cgroup }, mut fds)) if fds.len() == 2 => {
+                let pidfd = Arc::new(Pidfd::new(fds.pop().expect("two descriptors")));
+                register(pid, &pidfd);
+                let mut launched = Launched::new(
+                    pid,
+                    pidfd,
+                    Channel::from(fds.pop().expect("two descriptors")),
+                    plan,
+                );
                 launched.in_cgroup = in_cgroup;
                 Ok(launched)
             }
@@ -282,18 +295,30 @@ fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
         let reply = match channel.recv::<Request>() {
             Ok(None) => std::process::exit(0),
             Err(e) => Err(e),
-            Ok(Some((Request::Launch { plan, into_cgroup }, fds))) => {
-                launch(&plan, fds, into_cgroup).map(|(pid, in_cgroup, ch)| {
-                    launched.insert(pid);
-                    (Reply::Launched { pid, in_cgroup }, ch.into_fd())
-                })
-            }
+            Ok(Some((
+                Request::Launch {
+                    plan,
+                    into_cgroup,
+                    enter,
+                },
+                fds,
+            ))) => launch(&plan, fds, into_cgroup, enter).map(|(born, ch)| {
+                launched.insert(born.pid);
+                let reply = Reply::Launched {
+                    pid: born.pid,
+                    in_cgroup: born.in_cgroup,
+                };
+                (reply, vec![ch.into_fd(), born.pidfd])
+            }),
             Ok(Some((Request::UserNamespace { mappings, field }, _))) => {
-                user::userns_fd(&mappings, &field).map(|ns| (Reply::UserNamespace, ns))
+                user::userns_fd(&mappings, &field).map(|ns| (Reply::UserNamespace, vec![ns]))
             }
         };
         let sent = match reply {
-            Ok((reply, fd)) => channel.send(&reply, &[fd.as_raw_fd()]),
+            Ok((reply, fds)) => {
+                let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                channel.send(&reply, &raw)
+            }
             Err(e) => channel.send(
                 &Reply::Failed {
                     error: e.to_string(),
@@ -368,24 +393,31 @@ fn launch(
     plan: &LaunchPlan,
     mut fds: Vec<OwnedFd>,
     into_cgroup: bool,
-) -> Result<(i32, bool, Channel)> {
-    let expected = 3 + usize::from(into_cgroup);
+    enter: bool,
+) -> Result<(spawn::Born, Channel)> {
+    let expected = 3 + usize::from(into_cgroup) + usize::from(enter);
     if fds.len() != expected {
         return Err(Error::Other(format!(
             "launch request carried {} descriptors, not {expected}",
             fds.len()
         )));
     }
+    let enter = if enter { fds.pop() } else { None };
     let cgroup = if into_cgroup { fds.pop() } else { None };
     let stdio = fds;
     // Decided here, on the host's /sys, never on a container's.
     crate::kernel::check_lsm_labels(&plan.kernel)?;
     let (shim_end, init_end) = Channel::pair()?;
     let mut shim_end = Some(shim_end);
-    let (pid, in_cgroup) = spawn::spawn(plan, cgroup.as_ref().map(|c| c.as_fd()), |launcher| {
-        drop(shim_end.take());
-        init::run(plan, init_end, stdio, launcher)
-    })?;
+    let born = spawn::spawn(
+        plan,
+        cgroup.as_ref().map(|c| c.as_fd()),
+        enter.as_ref().map(|e| e.as_fd()),
+        |launcher| {
+            drop(shim_end.take());
+            init::run(plan, init_end, stdio, launcher)
+        },
+    )?;
     let shim_end = shim_end.expect("only the init takes it");
-    Ok((pid, in_cgroup, shim_end))
+    Ok((born, shim_end))
 }
