@@ -17,7 +17,7 @@ CONTAINERD_VERSIONS ?= 1.7.24 2.1.9
 MATRIX_TESTS ?= --test e2e_lifecycle --test e2e_exec --test e2e_stdio
 VERSIONS_SCRIPT := tests/harness/containerd-versions.sh
 
-.PHONY: all deps build install demo demo-run test test-matrix containerd-versions lint bench clean fuzz
+.PHONY: all deps build install demo demo-run test test-matrix test-systemd containerd-versions lint bench clean fuzz
 
 all: build
 
@@ -87,6 +87,10 @@ test-cri-matrix:
 		echo "=== CRI e2e against containerd $$v: cargo test --test e2e_cri"; \
 		SHIM_RS_CONTAINERD=$$v $(CARGO) test --test e2e_cri; \
 	done
+# The systemd cgroup driver end to end (tests/e2e_systemd.rs, e2e_cri's cri_systemd_*), for
+# rs and runc.v2, in a cgroup-v2 VM with systemd as PID 1 (they skip on hosts without it).
+test-systemd:
+	bash tests/harness/systemd-vm.sh
 
 # Downloads (once) and unpacks the containerd versions of the matrix.
 containerd-versions:

@@ -1255,3 +1255,177 @@ fn cri_userns_pod_runc() {
     // pods making the same copy at once collide there.
     userns_pod("runc", 300_000);
 }
+
+// ------------------------------------------------- systemd cgroup driver ---
+
+/// True where systemd is PID 1 (the test VM's systemd mode); otherwise says why `test` is
+/// skipped.
+fn systemd_or_skip(test: &str) -> bool {
+    let comm = fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    if comm.trim() == "systemd" && Path::new("/run/systemd/system").is_dir() {
+        return true;
+    }
+    eprintln!(
+        "{test}: skipped: PID 1 is {:?}, not systemd; run it in the test VM's systemd mode \
+         (make test-systemd)",
+        comm.trim()
+    );
+    false
+}
+
+/// `systemctl show -p NAME unit`'s value.
+fn unit_property(unit: &str, name: &str) -> String {
+    let out = std::process::Command::new("systemctl")
+        .args(["show", "-p", name, "--value", unit])
+        .output()
+        .expect("systemctl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A pod whose cgroup parent is a systemd slice, as kubelet's systemd cgroup driver names a
+/// BestEffort pod's: `kubepods-besteffort-pod<uid>.slice` (dashes of the uid become `_`).
+/// The handler's options have `SystemdCgroup = true`; containerd's CRI then gives each
+/// container the cgroupsPath `<slice>:cri-containerd:<id>`.
+fn systemd_slice_pod(handler: &str) {
+    block_on(async {
+        let mut c = connect().await;
+        let e = common::cri_env();
+        let name = common::unique_id(&format!("cri-sd-{handler}"));
+        let slice = format!("kubepods-besteffort-pod{}.slice", name.replace('-', "_"));
+        let logdir = e.workdir.join("pods").join(&name);
+        fs::create_dir_all(&logdir).unwrap();
+        let config = pod_config(&name, &slice, &logdir);
+        let r = ok(
+            "RunPodSandbox",
+            c.rt.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.into(),
+            })
+            .await,
+        );
+        let st = ok(
+            "PodSandboxStatus",
+            c.rt.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: r.pod_sandbox_id.clone(),
+                verbose: true,
+            })
+            .await,
+        );
+        let info = verbose_info(&st.info);
+        let pod = Pod {
+            id: r.pod_sandbox_id,
+            config,
+            cgroup_parent: slice.clone(),
+            pid: info["pid"].as_i64().expect("sandbox pid") as i32,
+            netns: info["runtimeSpec"]["linux"]["namespaces"]
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["type"] == "network"))
+                .and_then(|n| n["path"].as_str())
+                .map(str::to_string),
+        };
+        let shim = serving_shim(pod.pid).expect("sandbox has no shim ancestor");
+        let shim_argv0 = argv0(shim);
+        let res = LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_period: 100_000,
+            cpu_quota: 25_000,
+            ..Default::default()
+        };
+        let (id, pid, cgroups_path) =
+            start_container(&mut c, &pod, "app", &["sleep", "600"], res).await;
+        assert_eq!(
+            cgroups_path,
+            format!("{slice}:cri-containerd:{id}"),
+            "{handler}"
+        );
+        // The slice did not exist: systemd made it (and its parents) for the scopes.
+        let slice_dir = format!("/kubepods.slice/kubepods-besteffort.slice/{slice}");
+        for (what, unit_id, p) in [("sandbox", &pod.id, pod.pid), ("container", &id, pid)] {
+            let unit = format!("cri-containerd-{unit_id}.scope");
+            assert_eq!(
+                unit_property(&unit, "ActiveState"),
+                "active",
+                "{handler}: {what} {unit}"
+            );
+            assert_eq!(
+                unit_property(&unit, "Delegate"),
+                "yes",
+                "{handler}: {what} {unit}"
+            );
+            assert_eq!(
+                unit_property(&unit, "Slice"),
+                slice,
+                "{handler}: {what} {unit}"
+            );
+            let cg = fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default();
+            assert_eq!(
+                cg.trim(),
+                format!("0::{slice_dir}/{unit}"),
+                "{handler}: {what} process {p}"
+            );
+        }
+        let unit = format!("cri-containerd-{id}.scope");
+        assert_eq!(
+            unit_property(&unit, "MemoryMax"),
+            (64u64 << 20).to_string(),
+            "{handler}"
+        );
+        assert_eq!(
+            unit_property(&unit, "CPUQuotaPerSecUSec"),
+            "250ms",
+            "{handler}"
+        );
+        let dir = format!("/sys/fs/cgroup{slice_dir}/{unit}");
+        assert_eq!(
+            read_trim(format!("{dir}/memory.max")),
+            "67108864",
+            "{handler}"
+        );
+        // ExecSync lands in the scope (seen as "/" from a private cgroup namespace).
+        let (out, err, code) = exec_sync(&mut c, &id, &["cat", "/proc/self/cgroup"]).await;
+        assert_eq!(code, 0, "{handler}: {err}");
+        assert!(
+            out.trim() == "0::/" || out.trim() == format!("0::{slice_dir}/{unit}"),
+            "{handler}: exec in {out:?}"
+        );
+
+        stop_remove_pod(&mut c, &pod, &[&id]).await;
+        let ids = [pod.id.as_str(), id.as_str()];
+        assert_pod_gone(handler, &pod, &ids, (shim, &shim_argv0));
+        for unit_id in ids {
+            let unit = format!("cri-containerd-{unit_id}.scope");
+            assert!(
+                common::wait_until(common::SETTLE, || unit_property(&unit, "LoadState")
+                    == "not-found"),
+                "{handler}: {unit} is still {}",
+                unit_property(&unit, "LoadState")
+            );
+        }
+        // kubelet stops the pod's slice once the pod is gone: nothing may be left in it.
+        let stop = std::process::Command::new("systemctl")
+            .args(["stop", &slice])
+            .status()
+            .expect("systemctl stop");
+        assert!(stop.success(), "{handler}: systemctl stop {slice}");
+        assert!(
+            !Path::new(&format!("/sys/fs/cgroup{slice_dir}")).exists(),
+            "{handler}: {slice_dir} left behind"
+        );
+    });
+}
+
+#[test]
+fn cri_systemd_slice_pod_rs() {
+    if systemd_or_skip("cri_systemd_slice_pod_rs") {
+        let _g = common::shared();
+        systemd_slice_pod("rs-systemd");
+    }
+}
+
+#[test]
+fn cri_systemd_slice_pod_runc() {
+    if systemd_or_skip("cri_systemd_slice_pod_runc") {
+        let _g = common::shared();
+        systemd_slice_pod("runc-systemd");
+    }
+}

@@ -31,6 +31,9 @@ pub enum Error {
         path: PathBuf,
         message: String,
     },
+    /// The systemd cgroup driver: systemd could not be reached, or refused or failed a unit.
+    #[error("systemd cgroup driver: {0}")]
+    Systemd(String),
     /// The container's init reported a failure while applying the plan.
     #[error("{0}")]
     Init(String),

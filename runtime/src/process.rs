@@ -147,6 +147,39 @@ fn apply_capability_sets(caps: &CapabilitiesPlan) -> Result<()> {
     Ok(())
 }
 
+/// Gives the process's stdio (fifos, pipes, its terminal) to its user, as runc does, so that a
+/// non-root process can reopen them (`echo > /dev/stderr`, a log file symlinked to
+/// /dev/stdout). Only the owner changes: the group stays (a terminal keeps devpts' `tty`
+/// group). /dev/null and what the user already owns are left alone, and where the kernel
+/// refuses (an owner unmapped in a user namespace, a read-only /dev) the stdio stays as it is.
+pub fn give_stdio_to_user(uid: u32) -> Result<()> {
+    let dev_null = libc::makedev(1, 3);
+    for fd in 0..3 {
+        // SAFETY: fstat into a zeroed stat of our own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            continue; // not open
+        }
+        let is_null = st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == dev_null;
+        if is_null || st.st_uid == uid {
+            continue;
+        }
+        // SAFETY: fchown of one of our descriptors; -1 keeps the group.
+        if unsafe { libc::fchown(fd, uid, u32::MAX) } != 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINVAL | libc::EPERM | libc::EROFS) => {}
+                _ => {
+                    return Err(Error::Init(format!(
+                        "stdio: give fd {fd} to uid {uid}: {e}"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn set_no_new_privileges() -> Result<()> {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -206,13 +239,20 @@ fn home_of(passwd: &str, uid: u32) -> Option<String> {
     })
 }
 
-/// The process's environment with HOME added when it has none, as runc does: the user's
-/// home from the container's /etc/passwd, or "/".
+/// The process's environment with HOME set when it has none or an empty one, as runc does:
+/// the home field of the user's entry in the container's /etc/passwd (empty if the entry's
+/// is), or "/" for a user without one. An empty HOME is replaced where it stands.
 pub fn environment(plan: &ProcessPlan) -> Vec<String> {
     let mut env = plan.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        let home = passwd_home(plan.uid).filter(|h| !h.is_empty());
-        env.push(format!("HOME={}", home.as_deref().unwrap_or("/")));
+    let has_home = env
+        .iter()
+        .any(|e| e.strip_prefix("HOME=").is_some_and(|v| !v.is_empty()));
+    if !has_home {
+        let home = format!("HOME={}", passwd_home(plan.uid).as_deref().unwrap_or("/"));
+        match env.iter_mut().find(|e| *e == "HOME=") {
+            Some(empty) => *empty = home,
+            None => env.push(home),
+        }
     }
     env
 }

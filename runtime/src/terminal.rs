@@ -56,9 +56,10 @@ pub fn set_size(fd: &impl AsRawFd, height: u16, width: u16) -> std::io::Result<(
 
 /// Opens a new pty from the container's devpts (the calling process's "/" is the
 /// container's root), makes the slave the controlling terminal and fds 0-2 of the calling
-/// process (which must be a session leader), owned by `uid`/`gid`; with `console`, also
-/// binds it over /dev/console. Returns the master.
-pub fn setup(size: Option<(u16, u16)>, uid: u32, gid: u32, console: bool) -> Result<OwnedFd> {
+/// process (which must be a session leader); with `console`, also binds it over
+/// /dev/console. Returns the master. The slave keeps the owner devpts gives it (the
+/// process's user gets it with the rest of its stdio).
+pub fn setup(size: Option<(u16, u16)>, console: bool) -> Result<OwnedFd> {
     let root = openat2(
         fd::cwd(),
         Path::new("/"),
@@ -87,8 +88,6 @@ pub fn setup(size: Option<(u16, u16)>, uid: u32, gid: u32, console: bool) -> Res
     }
     // SAFETY: a new descriptor nothing else owns.
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
-    nix::unistd::fchown(&slave, Some(uid.into()), Some(gid.into()))
-        .map_err(|e| Error::sys("terminal: chown the pty", e))?;
     if let Some((h, w)) = size {
         set_size(&slave, h, w).map_err(|e| Error::Init(format!("process.consoleSize: {e}")))?;
     }

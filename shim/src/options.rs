@@ -12,8 +12,8 @@ use containerd_shim_protos::{
 /// The options this runtime acts on.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RuntimeOptions {
-    /// The caller manages cgroups through systemd. We accept cgroupsPath in both forms
-    /// anyway (the systemd form is mapped onto cgroupfs), so this only changes the log.
+    /// The systemd cgroup driver: each container's cgroup is a transient scope unit that
+    /// systemd creates and removes (cgroupsPath "slice:prefix:name").
     pub systemd_cgroup: bool,
     /// A cgroup (path below each hierarchy root) the shim daemon and its launcher move into.
     pub shim_cgroup: Option<String>,
@@ -74,6 +74,14 @@ impl RuntimeOptions {
                 ignored: vec![format!("options of unknown type {other:?}")],
                 ..Default::default()
             }),
+        }
+    }
+
+    pub fn cgroup_driver(&self) -> runtime::cgroups::CgroupDriver {
+        if self.systemd_cgroup {
+            runtime::cgroups::CgroupDriver::Systemd
+        } else {
+            runtime::cgroups::CgroupDriver::Cgroupfs
         }
     }
 

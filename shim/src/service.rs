@@ -152,7 +152,13 @@ impl Service {
         let id = req.id.clone();
         let t0 = std::time::Instant::now();
         let spec = runtime::spec::load(bundle)?;
-        let mut plan = runtime::plan::build(&spec, bundle, &id, Layout::host())?;
+        let mut plan = runtime::plan::build_for(
+            &spec,
+            bundle,
+            &id,
+            &Layout::host_from_here(),
+            opts.cgroup_driver(),
+        )?;
         plan.no_pivot_root = opts.no_pivot_root;
         let stdio_paths = StdioPaths {
             stdin: req.stdin.clone(),
@@ -260,7 +266,14 @@ impl Service {
         let ready = persisted
             .save(bundle)
             .map_err(Error::from)
-            .and_then(|()| launched.wait_ready(create_hooks).map_err(Error::from))
+            .and_then(|()| {
+                // A systemd scope exists only once the join has started it: the init waits
+                // for it before its mounts (the OOM watch and Stats need its files too).
+                let cgroup_ready = || init.lock().finish_cgroup_join();
+                launched
+                    .wait_ready(cgroup_ready, create_hooks)
+                    .map_err(Error::from)
+            })
             // Create answers with the init in its cgroup, as runc's create does: a client
             // may read the task's cgroup or limits right away.
             .and_then(|console| {
@@ -555,7 +568,7 @@ impl Service {
         let (pid, pidfd) = (launched.pid, launched.pidfd.clone());
         // Setup errors first (they say more than a failed cgroup move of a dead process).
         let ready = launched
-            .wait_ready(|| Ok(())) // execs have no create hooks
+            .wait_ready(|| Ok(()), || Ok(())) // execs join after Ready, and have no create hooks
             .and_then(|console| match launched.in_cgroup {
                 true => Ok(console),
                 false => cgroups::join(&plan.cgroup, pid).map(|()| console),
@@ -996,7 +1009,10 @@ impl Task for Service {
         let r = self.container(&req.id).and_then(|c| {
             let process = self.process(&c, &req.exec_id)?;
             let s = process.lock();
-            if s.status == Status::Stopped {
+            // As containerd's runc shim: the init's terminal can be resized until Delete
+            // (`ctr run -t` resizes once more when a short-lived container has already
+            // exited), an exited exec's cannot.
+            if s.status == Status::Stopped && !req.exec_id.is_empty() {
                 return Err(Error::FailedPrecondition(format!(
                     "container {}: cannot resize the terminal of a stopped process",
                     req.id

@@ -308,6 +308,7 @@ write_cri_config() {
     mkdir -p "$w/cni/net.d"
     printf '%s\n' '{"cniVersion":"0.4.0","name":"lo","plugins":[{"type":"loopback"},{"type":"static","ipam":{"type":"static","addresses":[{"address":"127.0.0.1/8"}]}}]}' \
         >"$w/cni/net.d/10-lo.conflist"
+    printf 'SystemdCgroup = true\n' >"$w/rs-systemd.toml"
     if ((major >= 2)); then
         write_cri_config_v3 "$w" "$level"
     else
@@ -375,6 +376,17 @@ write_cri_config_v2() {
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = false
+      # The systemd cgroup driver (tests where systemd is PID 1: e2e_cri cri_systemd_*).
+      # containerd 1.6 hands a non-runc runtime only ConfigPath of its options table (1.7+
+      # also the table as TOML), so SystemdCgroup goes into that file.
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs-systemd]
+        runtime_type = "io.containerd.rs.v1"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rs-systemd.options]
+          ConfigPath = "$w/rs-systemd.toml"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc-systemd]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc-systemd.options]
+          SystemdCgroup = true
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "$CNI_BIN_DIR"
       conf_dir = "$w/cni/net.d"
@@ -416,6 +428,15 @@ write_cri_config_v3() {
         sandboxer = "podsandbox"
         [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
           SystemdCgroup = false
+      # The systemd cgroup driver (tests where systemd is PID 1: e2e_cri cri_systemd_*).
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.rs-systemd]
+        runtime_type = "io.containerd.rs.v1"
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.rs-systemd.options]
+          ConfigPath = "$w/rs-systemd.toml"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc-systemd]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc-systemd.options]
+          SystemdCgroup = true
     [plugins."io.containerd.cri.v1.runtime".cni]
       bin_dirs = ["$CNI_BIN_DIR"]
       conf_dir = "$w/cni/net.d"

@@ -9,35 +9,30 @@ use std::{
 
 use oci_spec::runtime::LinuxResources;
 
-use super::{device_rule, resources, write_file, CgroupPlan, Layout};
+use super::{device_rule, resources, write_file, CgroupPlan, Hierarchy, Layout};
 use crate::{Error, Result};
 
-/// The container's path below each hierarchy root, recovered from its planned directories.
-pub fn relative_path(plan: &CgroupPlan, layout: &Layout) -> Option<PathBuf> {
-    plan.dirs.iter().find_map(|d| {
-        layout
-            .hierarchies
-            .iter()
-            .find_map(|h| d.strip_prefix(&h.mountpoint).ok())
-            .map(Path::to_path_buf)
-    })
+/// The container's directory in hierarchy `h` (one of `plan.dirs`).
+pub fn dir_in(plan: &CgroupPlan, h: &Hierarchy) -> Option<PathBuf> {
+    plan.dirs
+        .iter()
+        .find(|d| d.starts_with(&h.mountpoint))
+        .cloned()
 }
 
 /// The container's directory in the v1 hierarchy of `controller`.
 pub fn v1_dir(plan: &CgroupPlan, layout: &Layout, controller: &str) -> Option<PathBuf> {
-    let rel = relative_path(plan, layout)?;
-    layout.v1(controller).map(|h| h.mountpoint.join(rel))
+    layout.v1(controller).and_then(|h| dir_in(plan, h))
 }
 
 /// The container's directory in the cgroup2 hierarchy (on a hybrid host it holds only what
 /// v1 lacks).
 pub fn unified_dir(plan: &CgroupPlan, layout: &Layout) -> Option<PathBuf> {
-    let rel = relative_path(plan, layout)?;
     layout
         .hierarchies
         .iter()
         .find(|h| h.unified)
-        .map(|h| h.mountpoint.join(rel))
+        .and_then(|h| dir_in(plan, h))
 }
 
 /// True on a cgroup v2-only host (no v1 controller mounted).
@@ -50,10 +45,10 @@ pub fn memory_dir(plan: &CgroupPlan, layout: &Layout) -> Option<(PathBuf, bool)>
     if let Some(d) = v1_dir(plan, layout, "memory") {
         return Some((d, false));
     }
-    let rel = relative_path(plan, layout)?;
     layout
         .unified_with("memory")
-        .map(|h| (h.mountpoint.join(rel), true))
+        .and_then(|h| dir_in(plan, h))
+        .map(|d| (d, true))
 }
 
 fn read_trimmed(path: &Path) -> Result<String> {
@@ -65,8 +60,11 @@ fn read_trimmed(path: &Path) -> Result<String> {
 /// Applies `resources` to the running container, as `runc update` does. Field names in errors
 /// are those of `linux.resources` in the request.
 pub fn update(plan: &CgroupPlan, r: &LinuxResources, layout: &Layout) -> Result<()> {
-    let rel = relative_path(plan, layout)
-        .ok_or_else(|| Error::Other("the container has no cgroup to update".into()))?;
+    if plan.dirs.is_empty() {
+        return Err(Error::Other("the container has no cgroup to update".into()));
+    }
+    // A hierarchy the container has no directory in gets none of its writes.
+    let dir_of = |h: &Hierarchy| dir_in(plan, h).unwrap_or_else(|| h.mountpoint.join("-"));
     // Device rules are not re-applied live (runc update leaves them alone too); a request that
     // would change them is refused rather than ignored.
     if let Some(devices) = r.devices().as_ref().filter(|d| !d.is_empty()) {
@@ -78,7 +76,7 @@ pub fn update(plan: &CgroupPlan, r: &LinuxResources, layout: &Layout) -> Result<
             ));
         }
     }
-    let mut writes = resources::plan_resources(r, layout, &rel)?;
+    let mut writes = resources::plan_resources(r, layout, &dir_of)?;
     if let Some(m) = r.memory() {
         let (dir, unified) = memory_dir(plan, layout).ok_or_else(|| {
             Error::unsupported(
@@ -105,6 +103,12 @@ pub fn update(plan: &CgroupPlan, r: &LinuxResources, layout: &Layout) -> Result<
         if !unified {
             order_v1_memory(&mut writes, &dir, m.limit(), m.swap())?;
         }
+    }
+    if let Some(unit) = &plan.systemd {
+        // systemd re-applies its unit's properties (daemon-reload, another SetUnitProperties):
+        // they must say the same as the files.
+        let props = super::systemd::resource_properties(&writes, is_unified_host(layout))?;
+        super::systemd::set_properties(unit, &props)?;
     }
     for w in &writes {
         let path = w.dir.join(&w.file);
@@ -317,7 +321,7 @@ mod tests {
                 ("pids.max", "10"),
             ])
         );
-        assert_eq!(relative_path(&plan, &layout), Some(PathBuf::from("k/c")));
+        assert_eq!(unified_dir(&plan, &layout), Some(dir.clone()));
         let r: LinuxResources = serde_json::from_str(
             r#"{"cpu":{"quota":-1},"memory":{"limit":-1,"swap":-1},"pids":{"limit":0}}"#,
         )
@@ -356,11 +360,12 @@ mod tests {
         let dir = root.join("k/c");
         // The "kernel" reports frozen a little after the write.
         let events = dir.join("cgroup.events");
+        // Before the thread starts its 50 ms, or freeze may seem to return early.
+        let t0 = Instant::now();
         let kernel = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             fs::write(events, "populated 1\nfrozen 1\n").unwrap();
         });
-        let t0 = Instant::now();
         freeze(&plan, &layout).unwrap();
         assert!(t0.elapsed() >= Duration::from_millis(50));
         kernel.join().unwrap();

@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 pub mod devices_bpf;
 pub mod live;
 pub mod resources;
+pub mod systemd;
 
-use self::resources::CgroupWrite;
+pub use self::systemd::CgroupDriver;
+use self::{resources::CgroupWrite, systemd::SystemdUnit};
 use crate::{plan::devices::DeviceNode, Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +30,28 @@ pub struct Hierarchy {
     /// offers (cgroup.controllers).
     pub controllers: Vec<String>,
     pub unified: bool,
+    /// The cgroup the planning process (the shim) is in, relative to this hierarchy's root:
+    /// where a relative `cgroupsPath` goes (see [`Layout::with_own_cgroups`]).
+    #[serde(default)]
+    pub own: PathBuf,
+}
+
+impl Hierarchy {
+    /// The container's directory in this hierarchy.
+    pub fn dir_of(&self, place: &Placement) -> PathBuf {
+        match place.below_own {
+            true => self.mountpoint.join(&self.own).join(&place.rel),
+            false => self.mountpoint.join(&place.rel),
+        }
+    }
+}
+
+/// Where a container's cgroup is: `rel` below each hierarchy's root, or, for a relative (or
+/// empty) `cgroupsPath`, below the cgroup of the process that creates it, as runc places it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub rel: PathBuf,
+    pub below_own: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +94,7 @@ impl Layout {
                     mountpoint: PathBuf::from(mountpoint),
                     controllers: Vec::new(),
                     unified: true,
+                    own: PathBuf::new(),
                 }),
                 Some("cgroup") => {
                     let controllers = superopts
@@ -90,12 +115,47 @@ impl Layout {
                         mountpoint: PathBuf::from(mountpoint),
                         controllers,
                         unified: false,
+                        own: PathBuf::new(),
                     })
                 }
                 _ => {}
             }
         }
         Layout { hierarchies }
+    }
+
+    /// This layout with each hierarchy's `own` cgroup taken from `proc_self_cgroup` (the
+    /// contents of /proc/self/cgroup of the process that will create containers).
+    pub fn with_own_cgroups(&self, proc_self_cgroup: &str) -> Layout {
+        let mut layout = self.clone();
+        for line in proc_self_cgroup.lines() {
+            let mut f = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let own = PathBuf::from(path.trim_start_matches('/'));
+            for h in layout.hierarchies.iter_mut() {
+                let matches = if controllers.is_empty() {
+                    h.unified
+                } else {
+                    let mut theirs: Vec<&str> = controllers.split(',').collect();
+                    let mut ours: Vec<&str> = h.controllers.iter().map(String::as_str).collect();
+                    theirs.sort_unstable();
+                    ours.sort_unstable();
+                    !h.unified && theirs == ours
+                };
+                if matches {
+                    h.own = own.clone();
+                }
+            }
+        }
+        layout
+    }
+
+    /// [`Layout::host`] with the calling process's own cgroups.
+    pub fn host_from_here() -> Layout {
+        Layout::host()
+            .with_own_cgroups(&fs::read_to_string("/proc/self/cgroup").unwrap_or_default())
     }
 
     fn v1(&self, controller: &str) -> Option<&Hierarchy> {
@@ -137,6 +197,10 @@ pub struct CgroupPlan {
     /// of that directory must delegate its controllers (`cgroup.subtree_control`).
     #[serde(default)]
     pub unified_root: Option<PathBuf>,
+    /// With the systemd driver: the scope unit systemd makes of `dirs` (it creates and
+    /// removes them; we only add what systemd does not manage).
+    #[serde(default)]
+    pub systemd: Option<SystemdUnit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,50 +210,33 @@ pub struct DeviceRule {
     pub rule: String,
 }
 
-/// Turns `cgroupsPath` into a path below each hierarchy root. Accepts the systemd form
-/// `slice:prefix:name` (as containerd's CRI writes it) and maps it onto cgroupfs.
+/// Turns `cgroupsPath` into a path below each hierarchy root, for the cgroupfs driver.
+/// Like runc's cgroupfs driver, the systemd form "slice:prefix:name" is not interpreted
+/// there: it names a directory of that name (the slice is not systemd's, so nothing of
+/// systemd's tree is touched); the systemd driver ([`systemd::unit_of`]) interprets it.
 pub fn cgroup_relative_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf> {
-    let raw = cgroups_path
+    cgroup_placement(cgroups_path, id).map(|p| p.rel)
+}
+
+/// Where `cgroupsPath` puts the container (cgroupfs driver): an absolute path below each
+/// hierarchy's root; a relative one, or none (then the container id), below the creating
+/// process's own cgroup, as runc does.
+pub fn cgroup_placement(cgroups_path: Option<&Path>, id: &str) -> Result<Placement> {
+    let given = cgroups_path
         .map(|p| p.to_string_lossy().into_owned())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| id.to_owned());
-    let path = if !raw.starts_with('/') && raw.matches(':').count() == 2 {
-        let mut parts = raw.splitn(3, ':');
-        let (slice, prefix, name) = (
-            parts.next().unwrap(),
-            parts.next().unwrap(),
-            parts.next().unwrap(),
+        .filter(|p| !p.is_empty());
+    let below_own = !given.as_deref().is_some_and(|p| p.starts_with('/'));
+    let raw = given.unwrap_or_else(|| id.to_owned());
+    if !raw.starts_with('/') && raw.matches(':').count() == 2 {
+        log::warn!(
+            "linux.cgroupsPath {raw:?} has the systemd form slice:prefix:name, but the runtime \
+             option SystemdCgroup is not set: it is used as a cgroupfs directory of that name, \
+             as runc does. To have systemd manage it, set SystemdCgroup = true (containerd \
+             1.6's CRI passes a non-runc runtime only ConfigPath of the handler's options: \
+             put the line in the file it names)"
         );
-        let mut path = PathBuf::new();
-        if !slice.is_empty() && slice != "-.slice" {
-            // "a-b.slice" lives at "a.slice/a-b.slice".
-            let stem = slice.strip_suffix(".slice").ok_or_else(|| {
-                Error::invalid(
-                    "linux.cgroupsPath",
-                    format!("{raw:?}: slice must end in .slice"),
-                )
-            })?;
-            let mut acc = String::new();
-            for part in stem.split('-') {
-                if !acc.is_empty() {
-                    acc.push('-');
-                }
-                acc.push_str(part);
-                path.push(format!("{acc}.slice"));
-            }
-        }
-        let unit = if name.ends_with(".slice") {
-            name.to_owned()
-        } else if prefix.is_empty() {
-            format!("{name}.scope")
-        } else {
-            format!("{prefix}-{name}.scope")
-        };
-        path.push(unit);
-        path
-    } else {
-        PathBuf::from(raw.trim_start_matches('/'))
-    };
+    }
+    let path = PathBuf::from(raw.trim_start_matches('/'));
     if path.as_os_str().is_empty()
         || path
             .components()
@@ -200,7 +247,10 @@ pub fn cgroup_relative_path(cgroups_path: Option<&Path>, id: &str) -> Result<Pat
             format!("{raw:?} must name a cgroup below the root, without '..'"),
         ));
     }
-    Ok(path)
+    Ok(Placement {
+        rel: path,
+        below_own,
+    })
 }
 
 fn device_rule(d: &LinuxDeviceCgroup) -> DeviceRule {
@@ -226,6 +276,41 @@ fn device_rule(d: &LinuxDeviceCgroup) -> DeviceRule {
     }
 }
 
+/// The v1 devices controller writes for `rules`, in the order runc writes them: when the
+/// rules are "everything denied (or allowed), then exceptions", the exceptions come sorted
+/// (by type, then major and minor numbers, wildcards first) and once each, so `devices.list`
+/// reads the same as under runc. Rules that mix allows and denies after the reset keep the
+/// spec's order: there the order is the meaning.
+pub fn v1_device_writes(rules: &[DeviceRule]) -> Vec<DeviceRule> {
+    let reset = rules
+        .iter()
+        .rposition(|r| r.rule == "a" || r.rule == "a *:* rwm");
+    let Some(reset) = reset else {
+        return rules.to_vec();
+    };
+    let default = &rules[reset];
+    let mut exceptions: Vec<&DeviceRule> = rules[reset + 1..].iter().collect();
+    if exceptions.iter().any(|r| r.allow == default.allow) {
+        return rules.to_vec();
+    }
+    let key = |r: &DeviceRule| {
+        let mut f = r.rule.split_whitespace();
+        let kind = f.next().unwrap_or_default().to_owned();
+        let (major, minor) = f
+            .next()
+            .and_then(|mm| mm.split_once(':'))
+            .unwrap_or(("", ""));
+        let num = |n: &str| n.parse::<u32>().ok();
+        (kind, num(major), num(minor), r.rule.clone())
+    };
+    exceptions.sort_by_key(|r| key(r));
+    exceptions.dedup_by_key(|r| r.rule.clone());
+    std::iter::once(default)
+        .chain(exceptions)
+        .cloned()
+        .collect()
+}
+
 /// Devices every container may use whatever the spec says (runc allows the same set).
 const ALWAYS_ALLOWED: &[&str] = &[
     "c *:* m",
@@ -243,16 +328,12 @@ const ALWAYS_ALLOWED: &[&str] = &[
 ];
 
 impl CgroupPlan {
-    /// The cgroup at `rel` below every hierarchy's root, with nothing to write yet.
-    pub fn at(rel: &Path, layout: &Layout) -> CgroupPlan {
+    /// The cgroup at `place` in every hierarchy, with nothing to write yet.
+    pub fn at(place: &Placement, layout: &Layout) -> CgroupPlan {
         CgroupPlan {
-            dirs: layout
-                .hierarchies
-                .iter()
-                .map(|h| h.mountpoint.join(rel))
-                .collect(),
-            cpuset_dir: layout.v1("cpuset").map(|h| h.mountpoint.join(rel)),
-            devices_dir: layout.v1("devices").map(|h| h.mountpoint.join(rel)),
+            dirs: layout.hierarchies.iter().map(|h| h.dir_of(place)).collect(),
+            cpuset_dir: layout.v1("cpuset").map(|h| h.dir_of(place)),
+            devices_dir: layout.v1("devices").map(|h| h.dir_of(place)),
             unified_root: layout
                 .hierarchies
                 .iter()
@@ -263,16 +344,40 @@ impl CgroupPlan {
     }
 }
 
+/// The cgroup plan with the cgroupfs driver.
 pub fn plan_cgroup(
     linux: &Linux,
     id: &str,
     nodes: &[DeviceNode],
     layout: &Layout,
 ) -> Result<CgroupPlan> {
-    let rel = cgroup_relative_path(linux.cgroups_path().as_deref(), id)?;
-    let mut plan = CgroupPlan::at(&rel, layout);
+    plan_cgroup_for(linux, id, nodes, layout, CgroupDriver::Cgroupfs)
+}
+
+/// The cgroup plan with `driver`: the same directories, writes and device rules either way;
+/// with systemd also the scope unit, whose properties restate what systemd has names for.
+pub fn plan_cgroup_for(
+    linux: &Linux,
+    id: &str,
+    nodes: &[DeviceNode],
+    layout: &Layout,
+    driver: CgroupDriver,
+) -> Result<CgroupPlan> {
+    let cgroups_path = linux.cgroups_path().as_deref();
+    let (place, unit) = match driver {
+        CgroupDriver::Cgroupfs => (cgroup_placement(cgroups_path, id)?, None),
+        CgroupDriver::Systemd => {
+            let (slice, unit, rel) = systemd::unit_of(cgroups_path, id)?;
+            let place = Placement {
+                rel,
+                below_own: false,
+            };
+            (place, Some((slice, unit)))
+        }
+    };
+    let mut plan = CgroupPlan::at(&place, layout);
     if let Some(resources) = linux.resources() {
-        plan.writes = resources::plan_resources(resources, layout, &rel)?;
+        plan.writes = resources::plan_resources(resources, layout, &|h| h.dir_of(&place))?;
         plan.device_rules = resources
             .devices()
             .iter()
@@ -286,7 +391,7 @@ pub fn plan_cgroup(
                 .hierarchies
                 .iter()
                 .find(|h| h.unified)
-                .map(|h| h.mountpoint.join(&rel));
+                .map(|h| h.dir_of(&place));
             if plan.bpf_devices_dir.is_none() {
                 return Err(Error::unsupported(
                     "linux.resources.devices",
@@ -310,6 +415,17 @@ pub fn plan_cgroup(
                 rule: format!("{t} {}:{} rwm", n.major, n.minor),
             });
         }
+    }
+    if let Some((slice, unit)) = unit {
+        let name = unit.trim_end_matches(".scope");
+        plan.systemd = Some(systemd::plan_unit(
+            slice,
+            unit.clone(),
+            name,
+            &plan.writes,
+            &plan.device_rules,
+            live::is_unified_host(layout),
+        )?);
     }
     Ok(plan)
 }
@@ -384,8 +500,18 @@ fn enable_controllers(root: &Path, dir: &Path) {
 }
 
 /// Creates the cgroups and writes the device rules and resource limits. Cheap: no process
-/// moves yet (see [`join`]).
+/// moves yet (see [`join`]). With the systemd driver the cgroup exists only once systemd has
+/// made the scope, which needs the init's pid: here we only check that systemd can be asked
+/// (so a host without it fails before anything is made), and [`join`] does the rest.
 pub fn create(plan: &CgroupPlan) -> Result<()> {
+    if plan.systemd.is_some() {
+        return systemd::check_reachable();
+    }
+    make_and_limit(plan)
+}
+
+/// The directories, controllers, cpuset, device rules and limit files of `plan`.
+fn make_and_limit(plan: &CgroupPlan) -> Result<()> {
     for dir in &plan.dirs {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         if let Some(root) = &plan.unified_root {
@@ -399,7 +525,7 @@ pub fn create(plan: &CgroupPlan) -> Result<()> {
         devices_bpf::attach(dir, &plan.device_rules)?;
     }
     if let Some(dir) = &plan.devices_dir {
-        for r in &plan.device_rules {
+        for r in &v1_device_writes(&plan.device_rules) {
             let file = if r.allow {
                 "devices.allow"
             } else {
@@ -436,7 +562,16 @@ pub fn open_birth_cgroup(plan: &CgroupPlan) -> Result<Option<std::os::fd::OwnedF
 /// Moves process `pid` (0: the caller) into every hierarchy of the container's cgroup.
 /// The first move may wait for an RCU grace period, which is why the shim does this in the
 /// background while the init builds its rootfs, and holds the exec until it is done.
+///
+/// With the systemd driver, systemd starts the scope with `pid` in it first; then, as runc
+/// does, the directories systemd does not manage (v1 cpuset, freezer, ...) are made, every
+/// limit is written to the files too, and `pid` joins every hierarchy (a no-op where systemd
+/// put it already). The init has not exec'd yet: no container code runs before its limits.
 pub fn join(plan: &CgroupPlan, pid: i32) -> Result<()> {
+    if let Some(unit) = &plan.systemd {
+        systemd::start(unit, pid)?;
+        make_and_limit(plan)?;
+    }
     for dir in &plan.dirs {
         write_file(&dir.join("cgroup.procs"), &pid.to_string())?;
     }
@@ -492,8 +627,18 @@ pub fn kill_all(plan: &CgroupPlan, signal: i32) {
 }
 
 /// SIGKILLs everything in the cgroup and removes its directories, retrying briefly while
-/// the kernel finishes tearing the processes down. Missing directories are fine.
+/// the kernel finishes tearing the processes down. Missing directories are fine. With the
+/// systemd driver, the unit is stopped (and reset if it failed) in between, as runc does.
 pub fn destroy(plan: &CgroupPlan) -> Result<()> {
+    if let Some(unit) = &plan.systemd {
+        kill_all(plan, libc::SIGKILL);
+        let stopped = systemd::stop(unit);
+        return remove_dirs(plan).and(stopped);
+    }
+    remove_dirs(plan)
+}
+
+fn remove_dirs(plan: &CgroupPlan) -> Result<()> {
     let mut last_err = None;
     for attempt in 0..200 {
         kill_all(plan, libc::SIGKILL);
@@ -563,15 +708,13 @@ mod tests {
             cgroup_relative_path(None, "myid").unwrap(),
             PathBuf::from("myid")
         );
+        // The cgroupfs driver does not interpret the systemd form (as runc's): a directory
+        // of that name, nothing in systemd's slices.
         assert_eq!(
             p("kubepods-besteffort.slice:cri-containerd:abc").unwrap(),
-            PathBuf::from("kubepods.slice/kubepods-besteffort.slice/cri-containerd-abc.scope")
+            PathBuf::from("kubepods-besteffort.slice:cri-containerd:abc")
         );
-        assert_eq!(
-            p("system.slice:docker:x").unwrap(),
-            PathBuf::from("system.slice/docker-x.scope")
-        );
-        for bad in ["/a/../../etc", "/", "bad:x:y"] {
+        for bad in ["/a/../../etc", "/", "a:b/../../x:y"] {
             let e = p(bad).unwrap_err().to_string();
             assert!(e.contains("linux.cgroupsPath"), "{bad}: {e}");
         }
@@ -718,6 +861,41 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/k/c"))
         );
         devices_bpf::program(&plan.device_rules).unwrap();
+    }
+
+    #[test]
+    fn v1_device_rules_are_written_sorted_after_the_reset_like_runc() {
+        let r = |allow, rule: &str| DeviceRule {
+            allow,
+            rule: rule.into(),
+        };
+        let rules = [
+            r(false, "a"),
+            r(true, "c 1:3 rwm"),
+            r(true, "c 136:* rwm"),
+            r(true, "c 10:200 rwm"),
+            r(true, "b *:* m"),
+            r(true, "c *:* m"),
+            r(true, "c 1:3 rwm"),
+        ];
+        let w: Vec<String> = v1_device_writes(&rules)
+            .into_iter()
+            .map(|r| r.rule)
+            .collect();
+        assert_eq!(
+            w,
+            [
+                "a",
+                "b *:* m",
+                "c *:* m",
+                "c 1:3 rwm",
+                "c 10:200 rwm",
+                "c 136:* rwm"
+            ]
+        );
+        // An allow after a deny after the reset: order is meaning, kept as given.
+        let mixed = [r(false, "a"), r(true, "c *:* rwm"), r(false, "c 1:5 rwm")];
+        assert_eq!(v1_device_writes(&mixed), mixed.to_vec());
     }
 
     #[test]

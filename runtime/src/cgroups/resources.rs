@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources};
 use serde::{Deserialize, Serialize};
 
-use super::Layout;
+use super::{Hierarchy, Layout};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,19 +26,22 @@ enum Target {
     V2(PathBuf),
 }
 
+/// The container's directory in a hierarchy.
+pub type DirOf<'a> = &'a dyn Fn(&Hierarchy) -> PathBuf;
+
 struct Planner<'a> {
     layout: &'a Layout,
-    rel: &'a Path,
+    dir_of: DirOf<'a>,
     writes: Vec<CgroupWrite>,
 }
 
 impl Planner<'_> {
     fn target(&self, controller: &str, field: &str) -> Result<Target> {
         if let Some(h) = self.layout.v1(controller) {
-            return Ok(Target::V1(h.mountpoint.join(self.rel)));
+            return Ok(Target::V1((self.dir_of)(h)));
         }
         if let Some(h) = self.layout.unified_with(controller) {
-            return Ok(Target::V2(h.mountpoint.join(self.rel)));
+            return Ok(Target::V2((self.dir_of)(h)));
         }
         Err(Error::unsupported(
             field,
@@ -424,7 +427,7 @@ impl Planner<'_> {
                     "this host's cgroup v2 hierarchy lacks that controller",
                 ));
             };
-            let dir = h.mountpoint.join(self.rel);
+            let dir = (self.dir_of)(h);
             self.write(&dir, key, value, &field);
         }
         Ok(())
@@ -439,10 +442,14 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
 }
 
-pub fn plan_resources(r: &LinuxResources, layout: &Layout, rel: &Path) -> Result<Vec<CgroupWrite>> {
+pub fn plan_resources(
+    r: &LinuxResources,
+    layout: &Layout,
+    dir_of: DirOf<'_>,
+) -> Result<Vec<CgroupWrite>> {
     let mut p = Planner {
         layout,
-        rel,
+        dir_of,
         writes: Vec::new(),
     };
     p.plan(r)?;

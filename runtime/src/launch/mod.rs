@@ -37,6 +37,9 @@ pub enum InitMessage {
     },
     /// The mounts are done, pivot_root is next: run prestart and createRuntime now.
     RunCreateHooks,
+    /// Before setup, when only the shim's join makes the cgroup (a systemd scope needs the
+    /// init's pid): wait for `CgroupReady`.
+    AwaitCgroup,
     /// Comes with the seccomp listener fd; the init waits for `SeccompNotifyFdDelivered`.
     SeccompNotifyFd,
 }
@@ -47,6 +50,8 @@ pub enum ShimMessage {
     Start,
     /// The runtime-namespace create hooks succeeded.
     CreateHooksDone,
+    /// The init is in its cgroup, which exists in every hierarchy.
+    CgroupReady,
     /// The seccomp agent has the notify fd.
     SeccompNotifyFdDelivered,
 }
@@ -101,11 +106,24 @@ impl Launched {
     /// `create_hooks` runs the runtime-namespace create hooks when the init asks for them
     /// (before its pivot_root); its error fails the create. Returns the pty master when the
     /// process has a terminal.
-    pub fn wait_ready(&self, create_hooks: impl FnOnce() -> Result<()>) -> Result<Option<OwnedFd>> {
+    /// `cgroup_ready` runs when the init asks to be in its cgroup before it sets up.
+    pub fn wait_ready(
+        &self,
+        cgroup_ready: impl FnOnce() -> Result<()>,
+        create_hooks: impl FnOnce() -> Result<()>,
+    ) -> Result<Option<OwnedFd>> {
         let mut create_hooks = Some(create_hooks);
+        let mut cgroup_ready = Some(cgroup_ready);
         loop {
             match self.recv("creating")? {
                 Some((InitMessage::Ready, mut fds)) => return Ok(fds.pop()),
+                Some((InitMessage::AwaitCgroup, _)) => {
+                    let join = cgroup_ready.take().ok_or_else(|| {
+                        Error::Other("container init asked for its cgroup twice".into())
+                    })?;
+                    join()?;
+                    self.channel.send(&ShimMessage::CgroupReady, &[])?;
+                }
                 Some((InitMessage::RunCreateHooks, _)) => {
                     let run = create_hooks.take().ok_or_else(|| {
                         Error::Other("container init asked for the create hooks twice".into())

@@ -27,7 +27,7 @@ pub use self::{
     seccomp::SeccompPlan,
 };
 use crate::{
-    cgroups::{self, CgroupPlan, Layout},
+    cgroups::{self, CgroupDriver, CgroupPlan, Layout},
     Error, Result,
 };
 
@@ -206,8 +206,20 @@ fn reject_unimplemented(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Builds the plan for container `id` of `bundle` on a host with this cgroup `layout`.
+/// Builds the plan for container `id` of `bundle` on a host with this cgroup `layout`, with
+/// the cgroupfs driver.
 pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<LaunchPlan> {
+    build_for(spec, bundle, id, layout, CgroupDriver::Cgroupfs)
+}
+
+/// [`build`] with the cgroup driver the runtime options ask for.
+pub fn build_for(
+    spec: &Spec,
+    bundle: &Path,
+    id: &str,
+    layout: &Layout,
+    driver: CgroupDriver,
+) -> Result<LaunchPlan> {
     reject_unimplemented(spec)?;
     let root = spec
         .root()
@@ -252,7 +264,7 @@ pub fn build(spec: &Spec, bundle: &Path, id: &str, layout: &Layout) -> Result<La
         .collect::<Result<Vec<_>>>()?;
     idmap::complete_mount_idmaps(&mut mounts, &namespaces)?;
     let devices = devices::plan_devices(linux.devices().as_deref().unwrap_or_default())?;
-    let cgroup = cgroups::plan_cgroup(linux, id, &devices, layout)?;
+    let cgroup = cgroups::plan_cgroup_for(linux, id, &devices, layout, driver)?;
     cgroupfs::plan_cgroup_mounts(&mut mounts, &cgroup, layout)?;
     let kernel = kernel::plan_kernel(linux, process, &namespaces, hostname.as_deref())?;
 

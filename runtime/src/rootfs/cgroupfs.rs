@@ -36,8 +36,8 @@ pub fn mount(root: &RootDir, field: &str, m: &MountPlan, cg: &CgroupFs) -> Resul
         return set_propagation(root, field, &m.destination, &m.propagation);
     }
 
-    let tmpfs_flags =
-        MsFlags::from_bits_retain(m.flags & (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC));
+    // Always nosuid, nodev and noexec, as runc mounts it, whatever the spec mount's options.
+    let tmpfs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     nix::mount::mount(
         Some("tmpfs"),
         proc_fd_path(target.as_fd()).as_str(),

@@ -107,6 +107,21 @@ fn check_no_symlinks(root: &RootDir, field: &str, dest: &Path) -> Result<()> {
     }
 }
 
+/// A tmpfs mounted on a directory the image has takes that directory's mode, as with runc
+/// (a tmpfs on the image's 0700 /root stays 0700). An explicit `mode=` wins, as in runc 1.2
+/// and later (runc 1.1 chmods over it).
+fn tmpfs_mode_to_keep(root: &RootDir, m: &MountPlan) -> Option<libc::mode_t> {
+    if m.fstype.as_deref() != Some("tmpfs") || m.is_bind() {
+        return None;
+    }
+    if m.data.split(',').any(|o| o.starts_with("mode=")) {
+        return None;
+    }
+    let existing = root.open_in(&m.destination, libc::O_PATH).ok()?;
+    let st = nix::sys::stat::fstat(&existing).ok()?;
+    (st.st_mode & libc::S_IFMT == libc::S_IFDIR).then_some(st.st_mode & 0o7777)
+}
+
 fn apply_mount(
     root: &RootDir,
     plan: &LaunchPlan,
@@ -127,6 +142,7 @@ fn apply_mount(
     }
 
     let is_bind = flags.contains(MsFlags::MS_BIND);
+    let covered_mode = tmpfs_mode_to_keep(root, m);
     let mut as_file = false;
     if is_bind {
         let src = source.as_deref().unwrap_or(Path::new(""));
@@ -206,6 +222,13 @@ fn apply_mount(
             copyup::copy_dir(covered.as_fd(), new.as_fd())
                 .map_err(|e| Error::Init(format!("{}: tmpcopyup: {e}", what())))?;
         }
+        if let Some(mode) = covered_mode {
+            let new = root
+                .open_in(&m.destination, libc::O_RDONLY | libc::O_DIRECTORY)
+                .map_err(|e| Error::Init(format!("{}: open the new tmpfs: {e}", what())))?;
+            nix::sys::stat::fchmod(&new, nix::sys::stat::Mode::from_bits_truncate(mode))
+                .map_err(|e| Error::sys(format!("{}: chmod the new tmpfs", what()), e))?;
+        }
         if !m.recursive.is_empty() {
             let mounted = root
                 .resolve(&m.destination)
@@ -283,11 +306,14 @@ fn enter_root(plan: &LaunchPlan, root: &RootDir) -> Result<()> {
 
 /// Builds the root filesystem and pivots into it. Afterwards "/" is the container's root.
 /// `launcher_trees` holds the bind trees the launcher made (see `crate::idmap`), by mount
-/// index. `before_pivot` runs once the mounts are in place (the create hooks' moment).
+/// index. `before_pivot` runs once the mounts are in place (the create hooks' moment),
+/// `after_pivot` right after the pivot, before the read-only and masked paths (the console's
+/// moment, so that /dev/console comes in the mount table where runc puts it).
 pub fn prepare(
     plan: &LaunchPlan,
     launcher_trees: Vec<Option<OwnedFd>>,
     before_pivot: impl FnOnce() -> Result<()>,
+    after_pivot: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
     let propagation = MsFlags::from_bits_retain(plan.rootfs_propagation);
     let mut early_trees = clone_shared_binds(plan, launcher_trees)?;
@@ -314,6 +340,14 @@ pub fn prepare(
             NONE,
         ),
     )?;
+    // A shared or unbindable root starts out private, as runc (1.4) has it: it gets a peer
+    // group of its own below, instead of also staying a slave of the host's mount.
+    if propagation.intersects(MsFlags::MS_SHARED | MsFlags::MS_UNBINDABLE) {
+        sys(
+            || format!("make the rootfs {} private", plan.rootfs.display()),
+            mount(NONE, &plan.rootfs, NONE, MsFlags::MS_PRIVATE, NONE),
+        )?;
+    }
     // /proc/sys of the host procfs, opened before any mount of the spec could matter.
     let proc_sys = if plan.kernel.sysctls.is_empty() {
         None
@@ -334,6 +368,7 @@ pub fn prepare(
     }
     before_pivot()?;
     enter_root(plan, &root)?;
+    after_pivot()?;
     masked::readonly_paths(&plan.readonly_paths)?;
     masked::mask_paths(&plan.masked_paths)?;
     if plan.readonly_root {

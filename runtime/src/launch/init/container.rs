@@ -10,22 +10,30 @@ use nix::{
     unistd::sethostname,
 };
 
-use super::{Console, InitMessage, ShimMessage};
+use std::os::fd::OwnedFd;
+
+use super::{InitMessage, ShimMessage};
 use crate::{
     hooks, kernel,
     launch::{channel::Channel, spawn::LauncherFds},
     namespaces,
     plan::{LaunchPlan, NamespaceKind},
-    rootfs, Error, Result,
+    rootfs, terminal, Error, Result,
 };
 
-/// Everything up to the process settings; returns where the terminal comes from.
+/// Everything up to the process settings; returns the pty master when the process has a
+/// terminal.
 pub(super) fn setup(
     plan: &LaunchPlan,
     channel: &Channel,
     launcher: LauncherFds,
-) -> Result<Console> {
+) -> Result<Option<OwnedFd>> {
     // The shim creates the cgroup and moves us into it while we set up (see `Launched`).
+    // A systemd scope exists only once systemd has our pid: then we wait for it, since a
+    // cgroup mount binds its directories (runc's init waits for its parent likewise).
+    if plan.cgroup.systemd.is_some() {
+        await_cgroup(channel)?;
+    }
     // Joined namespaces were entered before the clone (see `spawn`).
     if let Some(mapped) = launcher.mapped {
         namespaces::user::wait_mapped(mapped)?;
@@ -53,11 +61,33 @@ pub(super) fn setup(
     }
     // Exec labels take effect at execve; written while /proc is still the host's.
     kernel::apply_lsm_labels(&plan.kernel)?;
-    rootfs::prepare(plan, launcher.bind_trees, || create_hooks(plan, channel))?;
-    Ok(match plan.process.terminal {
-        true => Console::Pty { bind_console: true },
-        false => Console::None,
-    })
+    let p = &plan.process;
+    // The terminal comes from the container's own devpts, right after pivot_root, and is
+    // bound over /dev/console there (where runc puts it in the mount table).
+    let mut console = None;
+    rootfs::prepare(
+        plan,
+        launcher.bind_trees,
+        || create_hooks(plan, channel),
+        || {
+            if p.terminal {
+                console = Some(terminal::setup(p.console_size, true)?);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(console)
+}
+
+fn await_cgroup(channel: &Channel) -> Result<()> {
+    channel.send(&InitMessage::AwaitCgroup, &[])?;
+    match channel.recv::<ShimMessage>()? {
+        Some((ShimMessage::CgroupReady, _)) => Ok(()),
+        other => Err(Error::Init(format!(
+            "waiting for the cgroup: unexpected {:?}",
+            other.map(|(m, _)| m)
+        ))),
+    }
 }
 
 /// Between the mounts and pivot_root: the shim runs prestart and createRuntime in the runtime

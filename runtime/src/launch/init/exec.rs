@@ -14,21 +14,22 @@
 //! It was born in the container's namespaces (the launcher's helper joined them before the
 //! clone) and cgroup.
 
-use super::Console;
-use crate::{kernel, namespaces, plan::LaunchPlan, plan::NamespaceKind, Result};
+use std::os::fd::OwnedFd;
 
-/// Everything up to the process settings; returns where the terminal comes from.
-pub(super) fn setup(plan: &LaunchPlan) -> Result<Console> {
+use crate::{kernel, namespaces, plan::LaunchPlan, plan::NamespaceKind, terminal, Result};
+
+/// Everything up to the process settings; returns the pty master when the process has a
+/// terminal.
+pub(super) fn setup(plan: &LaunchPlan) -> Result<Option<OwnedFd>> {
     // oomScoreAdj was written by the launcher, from outside (see `spawn`); the LSM modules
     // were checked there too, in the host's /sys.
     if plan.namespaces.has(NamespaceKind::User) {
         namespaces::user::become_root(&plan.namespaces)?;
     }
     kernel::apply_lsm_labels(&plan.kernel)?;
-    Ok(match plan.process.terminal {
-        true => Console::Pty {
-            bind_console: false,
-        },
-        false => Console::None,
-    })
+    let p = &plan.process;
+    // From the container's devpts, checked (see `terminal`); no /dev/console for an exec.
+    p.terminal
+        .then(|| terminal::setup(p.console_size, false))
+        .transpose()
 }

@@ -20,7 +20,7 @@ use crate::{
     hooks, kernel,
     plan::LaunchPlan,
     process::{self, ExecArgs},
-    seccomp, terminal, Error, Result,
+    seccomp, Error, Result,
 };
 
 /// Entry point of the cloned child. Never returns.
@@ -137,15 +137,6 @@ fn dup_onto(fd: &OwnedFd, target: i32) -> Result<()> {
     Ok(())
 }
 
-/// Where the process's terminal comes from, if it has one.
-pub(crate) enum Console {
-    /// No terminal.
-    None,
-    /// A pty from the container's devpts; with `bind_console`, also bound over /dev/console
-    /// (only the first process of a new container does that).
-    Pty { bind_console: bool },
-}
-
 /// A seccomp filter loaded at the last moment, and how its notify fd reaches the shim.
 struct LateFilter {
     filter: seccomp::Filter,
@@ -194,17 +185,16 @@ struct Prepared {
 }
 
 /// The process part of the plan, once the kind-specific setup is done and "/" is the
-/// container's: terminal, rlimits, umask, the program, seccomp, user and capabilities, cwd.
-fn process_settings(plan: &LaunchPlan, channel: &Channel, console: Console) -> Result<Prepared> {
+/// container's (`console`: the pty master it allocated, if any): stdio ownership,
+/// rlimits, umask, the program, seccomp, user and capabilities, cwd.
+fn process_settings(
+    plan: &LaunchPlan,
+    channel: &Channel,
+    console: Option<OwnedFd>,
+) -> Result<Prepared> {
     kernel::apply_process_settings(&plan.kernel)?;
     let p = &plan.process;
-    // Allocated in the container's own devpts, after pivot_root (or the exec's setns).
-    let console = match console {
-        Console::None => None,
-        Console::Pty { bind_console } => {
-            Some(terminal::setup(p.console_size, p.uid, p.gid, bind_console)?)
-        }
-    };
+    process::give_stdio_to_user(p.uid)?;
     process::set_rlimits(p)?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(p.umask.unwrap_or(0o022)) };
