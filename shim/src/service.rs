@@ -174,10 +174,9 @@ impl Service {
         }
         let io = LaunchIo::open(&stdio_paths, &id, &self.namespace, opts.io_owner)?;
         let t_planned = t0.elapsed();
-        if let Err(e) = cgroups::create(&plan.cgroup) {
-            let _ = cgroups::destroy(&plan.cgroup);
-            return Err(e.into());
-        }
+        // On an error it leaves nothing behind, and kills nothing: the cgroup may be
+        // someone else's (see cgroups::create).
+        cgroups::create(&plan.cgroup)?;
 
         let init = Arc::new(Process::default());
         let exit_order = Arc::new(Mutex::new(ExitOrder::default()));
