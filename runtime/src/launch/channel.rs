@@ -60,7 +60,12 @@ impl Channel {
 
     pub fn send<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> Result<()> {
         let bytes = serde_json::to_vec(msg).map_err(|e| Error::Other(e.to_string()))?;
-        let iov = [IoSlice::new(&bytes)];
+        self.send_bytes(&bytes, fds)
+    }
+
+    /// One packet of `bytes` (with `fds`), as [`Channel::send`] sends an encoded message.
+    pub(crate) fn send_bytes(&self, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
+        let iov = [IoSlice::new(bytes)];
         let cmsg = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
         sendmsg::<()>(

@@ -28,6 +28,14 @@ pub use self::{
 };
 use crate::{plan::seccomp::ListenerPlan, seccomp, Error, Result};
 
+/// For the fuzz target fuzz/fuzz_targets/launch_channel.rs: `bytes` arrives as one packet on
+/// a channel and is received as each message the shim, the launcher, its namespace helpers
+/// and the inits exchange, as each receiving side does. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_channel_packet(bytes: &[u8]) {
+    zygote::fuzz_receive(bytes);
+}
+
 /// init -> shim.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum InitMessage {

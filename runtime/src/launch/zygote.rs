@@ -176,6 +176,24 @@ impl Zygote {
     }
 }
 
+/// The fuzz target of the launcher protocol (see [`super::fuzz_channel_packet`]).
+pub(super) fn fuzz_receive(bytes: &[u8]) {
+    fn one<T: serde::de::DeserializeOwned>(bytes: &[u8]) {
+        let Ok((a, b)) = Channel::pair() else {
+            return;
+        };
+        if a.send_bytes(bytes, &[]).is_ok() {
+            let _ = b.recv::<T>();
+        }
+    }
+    one::<Request>(bytes);
+    one::<Reply>(bytes);
+    one::<super::InitMessage>(bytes);
+    one::<super::ShimMessage>(bytes);
+    one::<Exit>(bytes);
+    one::<std::result::Result<(i32, bool), String>>(bytes);
+}
+
 /// The shim's end of the exit channel.
 #[derive(Debug)]
 pub struct ExitChannel(Channel);
