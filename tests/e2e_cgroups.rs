@@ -531,6 +531,79 @@ fn devices_outside_the_allowlist_cannot_be_opened() {
     }
 }
 
+/// The I/O weight fact exists where the kernel has a weight file: cgroup v2 (io.weight, or
+/// io.bfq.weight with BFQ), v1 with CFQ or BFQ. This project's hybrid test machine has
+/// neither on v1 (no BFQ module): there both runtimes refuse a weight.
+fn host_has_io_weight() -> bool {
+    cgroup::v2_only()
+        || ["blkio.weight", "blkio.bfq.weight"].iter().any(|f| {
+            std::path::Path::new("/sys/fs/cgroup/blkio")
+                .join(f)
+                .exists()
+        })
+}
+
+/// Limits of a full spec land in the container's cgroup files at create: memory limit,
+/// reservation and swap, cpu shares, quota, cpuset, pids, block I/O weight and throttles.
+#[test]
+fn spec_limits_are_in_the_cgroup_files() {
+    let _serial = shared();
+    let (major, minor) = cgroup::a_block_device()
+        .expect("no block device here for the I/O limits (the cgroup v2 VM has a virtio disk)");
+    let weight = host_has_io_weight();
+    if !weight {
+        eprintln!(
+            "{}: no blkio weight file on this kernel, weight not checked",
+            cgroup::layout_name()
+        );
+    }
+    let c = FromSpec::start("speclimits", &["sleep", "600"], |spec, _| {
+        let r = &mut spec["linux"]["resources"];
+        r["memory"] = json!({"limit": 67108864, "reservation": 33554432, "swap": 100663296});
+        r["cpu"] =
+            json!({"shares": 512, "quota": 30000, "period": 100000, "cpus": "0", "mems": "0"});
+        r["pids"] = json!({"limit": 50});
+        r["blockIO"] = json!({
+            "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}],
+            "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 100}],
+        });
+        if weight {
+            r["blockIO"]["weight"] = json!(300);
+        }
+    })
+    .unwrap_or_else(|e| panic!("create: {e}"));
+    let cg = c.c.cgroup();
+    cg.assert(Fact::MemoryLimit(67108864));
+    cg.assert(Fact::MemoryReservation(33554432));
+    cg.assert(Fact::MemorySwap {
+        limit: 67108864,
+        swap: 100663296,
+    });
+    cg.assert(Fact::CpuShares(512));
+    cg.assert(Fact::CpuQuota {
+        quota: 30000,
+        period: 100000,
+    });
+    cg.assert(Fact::Cpus("0"));
+    cg.assert(Fact::Mems("0"));
+    cg.assert(Fact::PidsLimit(50));
+    cg.assert(Fact::IoMax {
+        major,
+        minor,
+        rbps: Some(1048576),
+        wbps: None,
+        riops: None,
+        wiops: Some(100),
+    });
+    if weight {
+        cg.assert(Fact::IoWeight(300));
+    }
+    assert!(cg.procs().contains(&c.c.pid()), "{:?}", cg.procs());
+    let id = c.c.0.clone();
+    drop(c);
+    assert_no_leftovers(&id);
+}
+
 /// hugepageLimits land in the hugetlb files: v2's hugetlb.<size>.max, v1's
 /// hugetlb.<size>.limit_in_bytes, and on the hybrid layout (no v1 hugetlb controller) the
 /// cgroup2 mount's files, where runc 1.1 refuses them.

@@ -9,7 +9,7 @@ use std::{
 
 use oci_spec::runtime::LinuxResources;
 
-use super::{device_rule, resources, write_file, CgroupPlan, Layout};
+use super::{apply_writes, device_rule, resources, write_file, CgroupPlan, Layout};
 use crate::{Error, Result};
 
 /// The container's path below each hierarchy root, recovered from its planned directories.
@@ -106,14 +106,7 @@ pub fn update(plan: &CgroupPlan, r: &LinuxResources, layout: &Layout) -> Result<
             order_v1_memory(&mut writes, &dir, m.limit(), m.swap())?;
         }
     }
-    for w in &writes {
-        let path = w.dir.join(&w.file);
-        if w.optional && !path.exists() {
-            continue;
-        }
-        write_file(&path, &w.value).map_err(|e| Error::invalid(&w.field, e.to_string()))?;
-    }
-    Ok(())
+    apply_writes(&writes)
 }
 
 /// v1 keeps memory.limit_in_bytes <= memory.memsw.limit_in_bytes at every moment, so the
@@ -139,6 +132,7 @@ fn order_v1_memory(
                 value: "-1".into(),
                 field: "linux.resources.memory.limit".into(),
                 optional: false,
+                fallback: None,
             },
         );
         return Ok(());
@@ -232,6 +226,7 @@ mod tests {
             value: value.into(),
             field: String::new(),
             optional: false,
+            fallback: None,
         }
     }
 
@@ -347,6 +342,33 @@ mod tests {
             serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).unwrap();
         let e = update(&plan, &devices, &layout).unwrap_err().to_string();
         assert!(e.contains("linux.resources.devices"), "{e}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn v2_io_weight_goes_to_bfq_when_the_kernel_has_it_else_to_io_weight() {
+        let (root, layout, _) = fake_v2("ioweight");
+        let dir = root.join("k/c");
+        let mut layout = layout;
+        layout.hierarchies[0].controllers.push("io".into());
+        let linux: oci_spec::runtime::Linux = serde_json::from_str(
+            r#"{"cgroupsPath":"/k/c","resources":{"blockIO":{"weight":500}}}"#,
+        )
+        .unwrap();
+        let plan = super::super::plan_cgroup(&linux, "c", &[], &layout).unwrap();
+        // No BFQ scheduler: io.weight, 1 + (500 - 10) * 9999 / 990.
+        fs::write(dir.join("io.weight"), "").unwrap();
+        super::super::create(&plan).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("io.weight")).unwrap(), "4950");
+        // With BFQ: its file, the blkio value as is.
+        fs::write(dir.join("io.bfq.weight"), "").unwrap();
+        let r: LinuxResources = serde_json::from_str(r#"{"blockIO":{"weight":300}}"#).unwrap();
+        update(&plan, &r, &layout).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("io.bfq.weight")).unwrap(),
+            "300"
+        );
+        assert_eq!(fs::read_to_string(dir.join("io.weight")).unwrap(), "4950");
         fs::remove_dir_all(&root).unwrap();
     }
 
