@@ -13,8 +13,10 @@ use common::spec::{base_spec, busybox_rootfs, Scratch};
 use common::*;
 use serde_json::{json, Value};
 use shim::protos::{
-    api::{Empty, UpdateTaskRequest},
-    protobuf::{well_known_types::any::Any, MessageField},
+    api::{Empty, StatsRequest, UpdateTaskRequest},
+    cgroups::metrics::Metrics as MetricsV1,
+    cgroups_v2::metrics::Metrics as MetricsV2,
+    protobuf::{well_known_types::any::Any, Message, MessageField},
     ttrpc::{self, context::Context, Client, Code},
     TaskClient,
 };
@@ -416,6 +418,64 @@ fn pause_freezes_the_container_and_resume_thaws_it() {
         "/tasks/exit",
     ];
     assert_eq!(topics, want);
+}
+
+/// Stats over ttrpc, as containerd asks: `io.containerd.cgroups.v1.Metrics` where the host
+/// has v1 controllers (hybrid included), `io.containerd.cgroups.v2.Metrics` on a v2-only host
+/// (anything else floods containerd's log with unmarshal errors), with the values of the
+/// container's cgroup files as containerd's own cgroups library reports them ("max" is 0 in
+/// v1 pids, u64::MAX in v2).
+#[test]
+fn stats_are_the_metrics_of_the_host_layout() {
+    let _serial = shared();
+    let c = Running::start(
+        "metrics",
+        &["--memory-limit", "64000000"],
+        &["sh", "-c", "sleep 600 & sleep 600"],
+    );
+    let cg = c.cgroup();
+    assert!(wait_until(Duration::from_secs(5), || cg.pids_current() >= 2));
+    let stats = task_client(&c.0)
+        .stats(
+            Context::default(),
+            &StatsRequest {
+                id: c.0.clone(),
+                ..Default::default()
+            },
+        )
+        .expect("Stats")
+        .stats
+        .into_option()
+        .expect("Stats without metrics");
+    let current = cg.pids_current();
+    if cgroup::v2_only() {
+        assert_eq!(stats.type_url, "io.containerd.cgroups.v2.Metrics");
+        let m = MetricsV2::parse_from_bytes(&stats.value).expect("decode v2 metrics");
+        assert_eq!(m.pids.current, current, "{m:?}");
+        assert_eq!(m.pids.limit, u64::MAX, "pids.max is max: {m:?}");
+        assert!(m.cpu.usage_usec > 0, "{m:?}");
+        assert!(m.cpu.usage_usec >= m.cpu.user_usec, "{m:?}");
+        assert!(m.memory.usage > 0, "{m:?}");
+        assert_eq!(m.memory.usage_limit, 64000000, "{m:?}");
+        assert_eq!(m.memory.swap_limit, u64::MAX, "{m:?}");
+        assert!(m.memory.anon + m.memory.file > 0, "memory.stat: {m:?}");
+        assert!(m.memory_events.is_some(), "no memory.events: {m:?}");
+        // One entry per huge page size the kernel offers (no limit: u64::MAX).
+        let mut sizes: Vec<&str> = m.hugetlb.iter().map(|h| h.pagesize.as_str()).collect();
+        sizes.sort();
+        let mut want = huge_page_sizes();
+        want.sort();
+        assert_eq!(sizes, want, "{m:?}");
+        assert!(m.hugetlb.iter().all(|h| h.max == u64::MAX), "{m:?}");
+    } else {
+        assert_eq!(stats.type_url, "io.containerd.cgroups.v1.Metrics");
+        let m = MetricsV1::parse_from_bytes(&stats.value).expect("decode v1 metrics");
+        assert_eq!(m.pids.current, current, "{m:?}");
+        assert_eq!(m.pids.limit, 0, "pids.max is max: {m:?}");
+        assert!(m.cpu.usage.total > 0, "{m:?}");
+        assert!(m.memory.usage.usage > 0, "{m:?}");
+        assert_eq!(m.memory.usage.limit, 64000000, "{m:?}");
+    }
 }
 
 /// The huge page sizes of this kernel as cgroup files name them ("2MB", "1GB").
