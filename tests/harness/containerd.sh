@@ -509,7 +509,17 @@ cmd_start() {
         warn "image import failed: $out"
         exit 1
     fi
-    if ! "$ctr" --address "$w/containerd.sock" -n "$ns" images ls -q | grep -qxF "$IMAGE_NAME"; then
+    # Listing retries: on a loaded machine (or under emulation, tests/vm) ctr's dial can time
+    # out, which is not a missing image.
+    image_listed() {
+        local i
+        for i in 1 2 3 4 5; do
+            "$ctr" --address "$w/containerd.sock" -n "$1" images ls -q | grep -qxF "$2" && return 0
+            sleep "$i"
+        done
+        return 1
+    }
+    if ! image_listed "$ns" "$IMAGE_NAME"; then
         warn "image $IMAGE_NAME missing after import: $out"
         exit 1
     fi
@@ -524,7 +534,7 @@ cmd_start() {
             fi
         done
         for name in "$IMAGE_NAME" "$PAUSE_IMAGE_NAME"; do
-            "$ctr" --address "$w/containerd.sock" -n k8s.io images ls -q | grep -qxF "$name" ||
+            image_listed k8s.io "$name" ||
                 { warn "image $name missing in k8s.io after import"; exit 1; }
         done
     fi
