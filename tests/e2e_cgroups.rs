@@ -196,6 +196,19 @@ fn update_changes_limits_live_and_the_new_pids_limit_is_enforced() {
         "forking past pids.max did not fail (exit {code}): {err}"
     );
 
+    // A partial cpu update keeps the other half, as runc does: the period alone, then the
+    // quota alone (cgroup v2 keeps both in cpu.max).
+    update(&client, &c.0, r#"{"cpu":{"period":50000}}"#).expect("cpu period");
+    cg.assert(Fact::CpuQuota {
+        quota: 20000,
+        period: 50000,
+    });
+    update(&client, &c.0, r#"{"cpu":{"quota":10000}}"#).expect("cpu quota");
+    cg.assert(Fact::CpuQuota {
+        quota: 10000,
+        period: 50000,
+    });
+
     // Raising memory and swap (v1: memsw must move first), then lowering them (limit first).
     update(
         &client,

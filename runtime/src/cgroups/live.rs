@@ -79,6 +79,9 @@ pub fn update(plan: &CgroupPlan, r: &LinuxResources, layout: &Layout) -> Result<
         }
     }
     let mut writes = resources::plan_resources(r, layout, &rel)?;
+    if let Some(c) = r.cpu() {
+        keep_unset_half_of_cpu_max(&mut writes, c.quota(), c.period())?;
+    }
     if let Some(m) = r.memory() {
         let (dir, unified) = memory_dir(plan, layout).ok_or_else(|| {
             Error::unsupported(
@@ -107,6 +110,36 @@ pub fn update(plan: &CgroupPlan, r: &LinuxResources, layout: &Layout) -> Result<
         }
     }
     apply_writes(&writes)
+}
+
+/// cgroup v2 keeps quota and period in one file, cpu.max. An update that gives only one of
+/// them keeps the other at its current value, as runc's update does (and as v1's two files
+/// do by themselves); 0 means "not given", as in runc.
+fn keep_unset_half_of_cpu_max(
+    writes: &mut [resources::CgroupWrite],
+    quota: Option<i64>,
+    period: Option<u64>,
+) -> Result<()> {
+    let (quota, period) = (quota.filter(|q| *q != 0), period.filter(|p| *p != 0));
+    if quota.is_some() == period.is_some() {
+        return Ok(());
+    }
+    let Some(w) = writes.iter_mut().find(|w| w.file == "cpu.max") else {
+        return Ok(());
+    };
+    let current = read_trimmed(&w.dir.join("cpu.max"))?;
+    let mut fields = current.split_whitespace();
+    let (current_quota, current_period) = (
+        fields.next().unwrap_or("max").to_owned(),
+        fields.next().unwrap_or("100000").to_owned(),
+    );
+    w.value = match (quota, period) {
+        (Some(q), _) if q > 0 => format!("{q} {current_period}"),
+        (Some(_), _) => format!("max {current_period}"),
+        (None, Some(p)) => format!("{current_quota} {p}"),
+        (None, None) => unreachable!("one of them is given"),
+    };
+    Ok(())
 }
 
 /// v1 keeps memory.limit_in_bytes <= memory.memsw.limit_in_bytes at every moment, so the
@@ -325,6 +358,19 @@ mod tests {
         assert_eq!(get("memory.swap.max"), "max");
         assert_eq!(get("pids.max"), "max");
         assert_eq!(get("cpu.weight"), "39", "untouched by the update");
+        // Half a cpu.max keeps the other half.
+        let period: LinuxResources = serde_json::from_str(r#"{"cpu":{"period":200000}}"#).unwrap();
+        update(&plan, &period, &layout).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "max 200000"
+        );
+        let quota: LinuxResources = serde_json::from_str(r#"{"cpu":{"quota":30000}}"#).unwrap();
+        update(&plan, &quota, &layout).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "30000 200000"
+        );
 
         // checkBeforeUpdate compares with memory.current and writes nothing when refused.
         let below: LinuxResources = serde_json::from_str(
