@@ -257,6 +257,14 @@ fn update_changes_limits_live_and_the_new_pids_limit_is_enforced() {
         assert!(msg.contains("linux.resources.rdma"), "{msg}");
         cg.assert(Fact::MemoryLimit(30000000));
     }
+
+    // Unlimited memory without a swap value lifts the swap limit too, as runc does.
+    update(&client, &c.0, r#"{"memory":{"limit":-1}}"#).expect("unlimited memory");
+    cg.assert(Fact::MemoryLimit(-1));
+    cg.assert(Fact::MemorySwap {
+        limit: -1,
+        swap: -1,
+    });
 }
 
 /// What a container may do with devices: mknod works (as with runc), /dev/null opens, and a

@@ -666,6 +666,21 @@ mod tests {
             .writes
             .iter()
             .all(|w| w.dir == Path::new("/sys/fs/cgroup/k/c")));
+        let unlimited: Linux =
+            serde_json::from_str(r#"{"resources":{"memory":{"limit":-1}}}"#).unwrap();
+        let plan2 = plan_cgroup(&unlimited, "c", &[], &l).unwrap();
+        let w2: Vec<_> = plan2
+            .writes
+            .iter()
+            .map(|w| (w.file.as_str(), w.value.as_str(), w.optional))
+            .collect();
+        assert_eq!(
+            w2,
+            [
+                ("memory.max", "max", false),
+                ("memory.swap.max", "max", true)
+            ]
+        );
         // Without BFQ the weight goes to io.weight, on its own scale (as runc maps it).
         let weight = plan
             .writes

@@ -227,6 +227,11 @@ impl Planner<'_> {
                         _ => s.to_string(),
                     };
                     self.write(&dir, "memory.swap.max", v, &format!("{f}.swap"));
+                } else if m.limit() == Some(-1) {
+                    // Unlimited memory without a swap value means unlimited swap too, as on v1
+                    // (and in runc); a kernel without swap accounting has no file to write.
+                    self.write(&dir, "memory.swap.max", "max", &format!("{f}.limit"));
+                    self.writes.last_mut().unwrap().optional = true;
                 }
                 if m.swappiness().is_some() {
                     return Err(Error::unsupported(
