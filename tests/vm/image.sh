@@ -40,7 +40,9 @@ need cpio cpio
 need dpkg-deb dpkg
 need gzip gzip
 BUSYBOX=/bin/busybox
-[[ -x $BUSYBOX ]] && "$BUSYBOX" --list >/dev/null 2>&1 || die "busybox-static missing (apt-get install busybox-static)"
+if [[ ! -x $BUSYBOX ]] || ! "$BUSYBOX" --list >/dev/null 2>&1; then
+    die "busybox-static missing (apt-get install busybox-static)"
+fi
 # A dynamic executable names its loader (PT_INTERP) in its first page.
 file_is_static() { ! head -c 4096 "$1" | LC_ALL=C grep -qa 'ld-linux'; }
 file_is_static "$BUSYBOX" || die "$BUSYBOX is dynamically linked: the initramfs needs busybox-static"

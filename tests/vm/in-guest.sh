@@ -16,9 +16,10 @@ cgroups() { find /sys/fs/cgroup -mindepth 1 -type d ! -name '*.service' | sort; 
 # What a test run may leave behind on the machine, one line each.
 state() {
     grep -E 'shim-rs-e2e|/run/containerd|/run/netns|/var/lib/containerd/' /proc/self/mountinfo | sed 's/^/mount: /'
+    # shellcheck disable=SC2009 # the whole command line is the point, not a name
     ps -eo pid=,args= | grep -E 'containerd|shim-rs|runc|sleep' | grep -v grep | sed 's/^/process: /'
-    ls -d /tmp/shim-rs-e2e-* 2>/dev/null | sed 's/^/work directory: /'
-    ls /run/containerd/s 2>/dev/null | sed 's/^/shim socket: /'
+    find /tmp -maxdepth 1 -name 'shim-rs-e2e-*' 2>/dev/null | sed 's/^/work directory: /'
+    find /run/containerd/s -mindepth 1 2>/dev/null | sed 's/^/shim socket: /'
 }
 
 say "kernel $(uname -r), $(nproc) vCPUs, cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
@@ -56,7 +57,7 @@ while read -r suite rt args; do
     done
     if [[ -n $left ]]; then
         say "FAIL: $suite ($rt) left behind:"
-        echo "$left" | sed 's/^/    /'
+        printf '    %s\n' "$left"
         ((code == 0)) && code=1
     fi
     result=PASS

@@ -61,6 +61,7 @@ fi
 CTL=$(mktemp -d "${TMPDIR:-/tmp}/shimrs-vm.XXXXXX")
 QEMU_PID=""
 CAT_PID=""
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     [[ -n $QEMU_PID ]] && kill -9 "$QEMU_PID" 2>/dev/null
     [[ -n $CAT_PID ]] && kill "$CAT_PID" 2>/dev/null
@@ -96,7 +97,7 @@ if [[ $accel == auto ]]; then
 fi
 case $accel in
     kvm) ACCEL=(-accel kvm -cpu host) ;;
-    tcg) ACCEL=(-accel tcg,thread=multi,tb-size=256 -cpu max) ;;
+    tcg) ACCEL=(-accel "tcg,thread=multi,tb-size=256" -cpu max) ;;
     *) note "SHIM_RS_VM_ACCEL must be auto, tcg or kvm"; exit 2 ;;
 esac
 
