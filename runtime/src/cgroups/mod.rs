@@ -583,12 +583,25 @@ fn make_and_limit(plan: &CgroupPlan) -> Result<()> {
             write_file(&dir.join(file), &r.rule)?;
         }
     }
-    for w in &plan.writes {
-        let path = w.dir.join(&w.file);
-        if w.optional && !path.exists() {
-            continue;
+    apply_writes(&plan.writes)
+}
+
+/// Writes planned limits in order. Where the kernel lacks a write's file, an optional write
+/// is skipped and one with a fallback writes that instead; errors name the spec field.
+fn apply_writes(writes: &[CgroupWrite]) -> Result<()> {
+    for w in writes {
+        let mut path = w.dir.join(&w.file);
+        let mut value = w.value.as_str();
+        if !path.exists() {
+            if w.optional {
+                continue;
+            }
+            if let Some((file, fallback)) = &w.fallback {
+                path = w.dir.join(file);
+                value = fallback;
+            }
         }
-        write_file(&path, &w.value).map_err(|e| Error::invalid(&w.field, e.to_string()))?;
+        write_file(&path, value).map_err(|e| Error::invalid(&w.field, e.to_string()))?;
     }
     Ok(())
 }
@@ -900,6 +913,28 @@ mod tests {
             .writes
             .iter()
             .all(|w| w.dir == Path::new("/sys/fs/cgroup/k/c")));
+        let unlimited: Linux =
+            serde_json::from_str(r#"{"resources":{"memory":{"limit":-1}}}"#).unwrap();
+        let plan2 = plan_cgroup(&unlimited, "c", &[], &l).unwrap();
+        let w2: Vec<_> = plan2
+            .writes
+            .iter()
+            .map(|w| (w.file.as_str(), w.value.as_str(), w.optional))
+            .collect();
+        assert_eq!(
+            w2,
+            [
+                ("memory.max", "max", false),
+                ("memory.swap.max", "max", true)
+            ]
+        );
+        // Without BFQ the weight goes to io.weight, on its own scale (as runc maps it).
+        let weight = plan
+            .writes
+            .iter()
+            .find(|w| w.file == "io.bfq.weight")
+            .unwrap();
+        assert_eq!(weight.fallback, Some(("io.weight".into(), "910".into())));
         let bad: Linux =
             serde_json::from_str(r#"{"resources":{"memory":{"swappiness":10}}}"#).unwrap();
         let e = plan_cgroup(&bad, "c", &[], &l).unwrap_err().to_string();
