@@ -339,7 +339,8 @@ fn daemon(cfg: &DaemonConfig, listener: UnixListener) -> Result<(), String> {
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     // Still single-threaded here: the launcher must be forked before any thread exists.
     // SAFETY: no thread has been started in this process.
-    let zygote = unsafe { Zygote::spawn() }.map_err(|e| e.to_string())?;
+    let log_fd: Vec<_> = logger::fd().into_iter().collect();
+    let zygote = unsafe { Zygote::spawn(&log_fd) }.map_err(|e| e.to_string())?;
 
     let exits = ExitMonitor::start(
         zygote

@@ -66,12 +66,13 @@ pub struct Zygote {
 }
 
 impl Zygote {
-    /// Forks the launcher.
+    /// Forks the launcher. It keeps stdio, its two channels and `keep` (the shim's log:
+    /// the launcher and the processes it clones log through it until they exec).
     ///
     /// # Safety
     /// The calling process must be single-threaded: the launcher relies on having been
     /// forked from a process whose locks and allocator state no other thread could hold.
-    pub unsafe fn spawn() -> Result<Zygote> {
+    pub unsafe fn spawn(keep: &[std::os::fd::RawFd]) -> Result<Zygote> {
         let (shim_end, zygote_end) = Channel::pair()?;
         let (exits_shim_end, exits_zygote_end) = Channel::pair()?;
         let parent = std::process::id() as i32;
@@ -82,7 +83,9 @@ impl Zygote {
                 drop(exits_shim_end);
                 // Nothing of the daemon's but stdio and our two channels: not its ttrpc
                 // listening socket, not its working directory.
-                close_all_but(&[zygote_end.as_raw_fd(), exits_zygote_end.as_raw_fd()]);
+                let mut kept = vec![zygote_end.as_raw_fd(), exits_zygote_end.as_raw_fd()];
+                kept.extend_from_slice(keep);
+                close_all_but(&kept);
                 let _ = std::env::set_current_dir("/");
                 serve(zygote_end, exits_zygote_end, parent)
             }
