@@ -17,14 +17,15 @@ CONTAINERD_VERSIONS ?= 1.7.24 2.1.9
 MATRIX_TESTS ?= --test e2e_lifecycle --test e2e_exec --test e2e_stdio
 VERSIONS_SCRIPT := tests/harness/containerd-versions.sh
 
-.PHONY: all deps build install demo demo-run test test-matrix test-systemd containerd-versions lint bench clean fuzz
+.PHONY: all deps build install demo demo-run test test-matrix test-cri-matrix test-systemd test-cgroupv2 containerd-versions lint bench clean fuzz
 
 all: build
 
 # Debian/Ubuntu packages the demo, tests and benchmarks need (run as root). The Rust
 # toolchain (cargo, rustfmt, clippy) comes from rustup.
 DEB_PACKAGES := containerd runc busybox-static hyperfine strace jq libseccomp-dev pkg-config make \
-	containernetworking-plugins protobuf-compiler gcc libc6-dev
+	containernetworking-plugins protobuf-compiler gcc libc6-dev \
+	qemu-system-x86 cpio
 deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES)
@@ -62,12 +63,13 @@ demo-run:
 	echo "demo: OK"
 
 # Unit tests and the e2e tests (tests/e2e_*.rs; those need root and fail, not skip, without it),
-# then the e2e matrix over the other containerd versions.
+# then the e2e matrix over the other containerd versions, then the cgroup v2 VM.
 test:
 	@if [ "$$(id -u)" != 0 ]; then echo "note: the e2e tests need root; they will fail as $$(id -un)" >&2; fi
 	$(CARGO) test --workspace
 	@$(MAKE) --no-print-directory test-matrix
 	@$(MAKE) --no-print-directory test-cri-matrix
+	@$(MAKE) --no-print-directory test-cgroupv2
 
 # The same e2e test binaries once per containerd version (SHIM_RS_CONTAINERD picks it).
 test-matrix: containerd-versions
@@ -87,10 +89,16 @@ test-cri-matrix:
 		echo "=== CRI e2e against containerd $$v: cargo test --test e2e_cri"; \
 		SHIM_RS_CONTAINERD=$$v $(CARGO) test --test e2e_cri; \
 	done
-# The systemd cgroup driver end to end (tests/e2e_systemd.rs, e2e_cri's cri_systemd_*), for
-# rs and runc.v2, in a cgroup-v2 VM with systemd as PID 1 (they skip on hosts without it).
+# The cgroup-related e2e suites on a cgroup-v2-only host: Debian's current kernel under qemu
+# (tests/vm; the kernel and initramfs are cached in .work/vm), for rs and runc.v2 under the same
+# assertions, plain and with systemd as PID 1. Fails on a failing test, a leftover or a VM that
+# does not boot. Needs qemu-system-x86 and cpio (make deps). See tests/harness/NOTES.md.
+test-cgroupv2:
+	CARGO="$(CARGO)" bash tests/vm/suites.sh
+# Only the systemd cgroup driver's suites (tests/e2e_systemd.rs, e2e_cri's cri_systemd_*), for
+# rs and runc.v2, in the VM with systemd as PID 1 (they skip on hosts without it).
 test-systemd:
-	bash tests/harness/systemd-vm.sh
+	SHIM_RS_VM_PLAN= SHIM_RS_VM_SUITES="e2e_systemd e2e_cri" CARGO="$(CARGO)" bash tests/vm/suites.sh
 
 # Downloads (once) and unpacks the containerd versions of the matrix.
 containerd-versions:
@@ -100,12 +108,18 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# libFuzzer over config.json parsing and planning (cargo-fuzz, stable toolchain, no sanitizer),
-# bounded in time; a crash fails the target and leaves the input in fuzz/artifacts.
+# libFuzzer (cargo-fuzz, stable toolchain, no sanitizer), each target bounded in time; a
+# crash fails the target and leaves the input in fuzz/artifacts. What the shim parses:
+# config.json and its plan (spec_plan), the runtime options of Create (runtime_options), the
+# launcher's and the inits' channel messages (launch_channel), the state file (state_file).
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= spec_plan runtime_options launch_channel state_file
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && $(CARGO) fuzz run spec_plan --sanitizer none -- -max_total_time=$(FUZZ_SECONDS)
+	@set -e; cd fuzz; for t in $(FUZZ_TARGETS); do \
+		echo "=== cargo fuzz run $$t ($(FUZZ_SECONDS) s)"; \
+		$(CARGO) fuzz run $$t --sanitizer none -- -max_total_time=$(FUZZ_SECONDS); \
+	done
 
 bench: build
 	@test -f tests/bench.sh || { echo "tests/bench.sh missing" >&2; exit 1; }
@@ -116,4 +130,4 @@ bench: build
 clean:
 	-@"$(HARNESS)" stop "$(DEMO_DIR)"
 	$(CARGO) clean
-	rm -rf --one-file-system .work/image .work/demo .work/containerd
+	rm -rf --one-file-system .work/image .work/demo .work/containerd .work/vm

@@ -24,6 +24,8 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use common::cgroup::{Cgroup, Fact};
+
 /// containerd's CRI plugin names its API version like this (kubelet checks it).
 const CRI_API: &str = "v1";
 const PAUSE_IMAGE: &str = "localhost/shim-rs/pause:3.9";
@@ -386,27 +388,17 @@ fn serving_shim(pid: i32) -> Option<i32> {
     top
 }
 
-/// The cgroup (v1 hierarchy `controller`) of a process.
-fn cgroup_of(pid: i32, controller: &str) -> String {
-    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    cg.lines()
-        .find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-            ctrls
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_string())
-        })
-        .unwrap_or_else(|| panic!("no {controller} cgroup for {pid}: {cg}"))
-}
-
 fn read_trim(p: impl AsRef<Path>) -> String {
     let p = p.as_ref();
     fs::read_to_string(p)
         .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
         .trim()
         .to_string()
+}
+
+/// The cgroup of a process (v1: in the hierarchy of `controller`; v2: its one cgroup).
+fn cgroup_of(pid: i32, controller: &str) -> String {
+    common::cgroup::process_cgroup(pid, controller)
 }
 
 /// Everything of the pod that may remain after it was removed: empty when clean.
@@ -442,12 +434,10 @@ fn pod_leftovers(pod: &Pod, ids: &[&str], (shim, shim_argv0): (i32, &str)) -> Ve
             }
         }
     }
-    for ctrl in ["memory", "cpu", "pids", "devices", "freezer"] {
-        for id in ids {
-            let d = format!("/sys/fs/cgroup/{ctrl}{}/{id}", pod.cgroup_parent);
-            if Path::new(&d).exists() {
-                found.push(format!("cgroup {d} still exists"));
-            }
+    for id in ids {
+        let cg = Cgroup::at(&format!("{}/{id}", pod.cgroup_parent));
+        for d in cg.existing_dirs() {
+            found.push(format!("cgroup {} still exists", d.display()));
         }
     }
     for id in ids {
@@ -487,14 +477,9 @@ fn assert_pod_gone(handler: &str, pod: &Pod, ids: &[&str], shim: (i32, &str)) {
 }
 
 fn remove_pod_cgroup_parent(parent: &str) {
-    let rd = fs::read_dir("/sys/fs/cgroup").unwrap();
-    for d in rd.flatten() {
-        let p = d.path().join(parent.trim_start_matches('/'));
-        if p.is_dir() {
-            fs::remove_dir(&p)
-                .unwrap_or_else(|e| panic!("pod cgroup parent {} not empty: {e}", p.display()));
-        }
-    }
+    Cgroup::at(parent)
+        .remove()
+        .unwrap_or_else(|e| panic!("pod cgroup parent not empty: {e}"));
 }
 
 async fn stop_remove_pod(c: &mut Cri, pod: &Pod, containers: &[&str]) {
@@ -767,19 +752,13 @@ fn pod_lifecycle(handler: &str) {
         );
 
         // Limits at creation, then UpdateContainerResources, both in the cgroup.
-        let cpu = format!("/sys/fs/cgroup/cpu{c1_cg}");
-        assert_eq!(
-            read_trim(format!("{cpu}/cpu.cfs_quota_us")),
-            "50000",
-            "{handler}"
-        );
-        assert_eq!(
-            read_trim(format!(
-                "/sys/fs/cgroup/memory{c1_cg}/memory.limit_in_bytes"
-            )),
-            (64u64 << 20).to_string(),
-            "{handler}"
-        );
+        let cg = Cgroup::at(&c1_cg);
+        let quota = |quota| Fact::CpuQuota {
+            quota,
+            period: 100_000,
+        };
+        assert_eq!(cg.check(&quota(50_000)), None, "{handler}");
+        assert_eq!(cg.check(&Fact::MemoryLimit(64 << 20)), None, "{handler}");
         res.cpu_quota = 20_000;
         ok(
             "UpdateContainerResources",
@@ -790,16 +769,7 @@ fn pod_lifecycle(handler: &str) {
             })
             .await,
         );
-        assert_eq!(
-            read_trim(format!("{cpu}/cpu.cfs_quota_us")),
-            "20000",
-            "{handler}"
-        );
-        assert_eq!(
-            read_trim(format!("{cpu}/cpu.cfs_period_us")),
-            "100000",
-            "{handler}"
-        );
+        assert_eq!(cg.check(&quota(20_000)), None, "{handler}");
 
         // A second container of the pod: same shim daemon, same pod cgroup parent.
         let (c2, c2_pid, c2_cg) =
@@ -825,11 +795,20 @@ fn pod_lifecycle(handler: &str) {
             shim_argv0.ends_with(want_shim),
             "{handler}: served by {shim_argv0}"
         );
-        let shim_exe = fs::read_link(format!("/proc/{shim}/exe")).unwrap();
+        // The file, not its name: our daemon runs from a detached read-only view of the
+        // installed binary (README "Security"), whose link reads "/"; same inode.
+        let file_id = |p: &str| {
+            use std::os::unix::fs::MetadataExt;
+            let m = fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+            (m.dev(), m.ino())
+        };
+        let want_exe = expected_shim_exe(handler);
         assert_eq!(
-            shim_exe,
-            expected_shim_exe(handler),
-            "{handler}: the shim is not the binary of this containerd's package"
+            file_id(&format!("/proc/{shim}/exe")),
+            file_id(want_exe.to_str().unwrap()),
+            "{handler}: the shim ({:?}) is not the binary of this containerd's package ({})",
+            fs::read_link(format!("/proc/{shim}/exe")),
+            want_exe.display()
         );
         for (what, pid, cg) in [
             (

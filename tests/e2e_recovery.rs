@@ -7,10 +7,12 @@ use common::*;
 use std::fs;
 use std::time::Duration;
 
-/// The shim daemon serving container `id`: our binary, started with `-id ID`, and not the
-/// launcher (which renames itself `shim-rs-launch`).
+/// The shim daemon serving container `id`: the runtime's shim binary, started by our
+/// containerd with `-id ID`, and not our launcher (which renames itself `shim-rs-launch`).
 fn shim_daemon_pid(id: &str) -> Option<i32> {
-    let needle = format!("\0-id\0{id}\0");
+    let bin = shim_binary_name(&runtime());
+    let id_arg = format!("\0-id\0{id}\0");
+    let address_arg = format!("\0-address\0{}\0", env().address);
     for entry in fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -20,8 +22,10 @@ fn shim_daemon_pid(id: &str) -> Option<i32> {
         };
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
-        if cmdline.starts_with(env().shim_bin.to_str().unwrap())
-            && cmdline.contains(&needle)
+        let argv0 = cmdline.split('\0').next().unwrap_or_default();
+        if argv0.rsplit('/').next() == Some(bin.as_str())
+            && cmdline.contains(&id_arg)
+            && cmdline.contains(&address_arg)
             && comm.trim() != "shim-rs-launch"
         {
             return Some(pid);
@@ -30,13 +34,11 @@ fn shim_daemon_pid(id: &str) -> Option<i32> {
     None
 }
 
-/// A SIGKILLed shim: containerd runs our `delete` action, which must kill the container
-/// (from the state saved in the bundle), remove its cgroup and unmount its rootfs.
+/// A SIGKILLed shim: containerd runs the runtime's `delete` action, which must kill the
+/// container (ours: from the state saved in the bundle), remove its cgroup and unmount its
+/// rootfs. Same assertions for runc.v2, whose `delete` runs `runc delete --force`.
 #[test]
 fn delete_action_cleans_up_after_a_killed_shim() {
-    if !testing_our_shim() {
-        return; // the stock shims have their own recovery; this tests ours
-    }
     let _serial = shared();
     let id = unique_id("crash");
     ctr_ok(&[
@@ -44,12 +46,16 @@ fn delete_action_cleans_up_after_a_killed_shim() {
         "-d",
         "--runtime",
         &runtime(),
+        "--memory-limit",
+        "67108864",
         IMAGE,
         &id,
         "sleep",
         "300",
     ]);
     let container_pid = task_pid(&id);
+    let cg = cgroup::Cgroup::of_container(&id);
+    assert!(cg.procs().contains(&container_pid), "{:?}", cg.procs());
     let shim = shim_daemon_pid(&id).expect("shim daemon process");
     // SAFETY: kill(2); the pid is the shim daemon this test started through containerd.
     unsafe { libc::kill(shim, libc::SIGKILL) };
@@ -65,7 +71,7 @@ fn delete_action_cleans_up_after_a_killed_shim() {
         "container process {container_pid} survived its shim's death\n{}",
         containerd_log_tail(30)
     );
-    // containerd 1.6 deletes the task of a dead shim itself (after our `delete` action).
+    // containerd 1.6 deletes the task of a dead shim itself (after the `delete` action).
     let stopped = wait_until(Duration::from_secs(15), || {
         matches!(task_status(&id).as_deref(), None | Some("STOPPED"))
     });
@@ -75,9 +81,31 @@ fn delete_action_cleans_up_after_a_killed_shim() {
         task_status(&id),
         containerd_log_tail(30)
     );
+    // The `delete` action removed the container's cgroup (in every hierarchy).
+    assert!(
+        wait_until(SETTLE, || cg.existing_dirs().is_empty()),
+        "{}: cgroup left after the delete action: {:?}",
+        cgroup::layout_name(),
+        cg.existing_dirs()
+    );
     let _ = ctr(&["task", "delete", &id]);
     ctr_ok(&["container", "rm", &id]);
-    assert_no_leftovers(&id);
+    if testing_our_shim() {
+        assert_no_leftovers(&id);
+    } else {
+        // The stock Go shim leaves its socket behind when it is SIGKILLed (its `delete`
+        // action does not remove it; the harness' exit hook does). Everything else holds.
+        let sock = shim_socket_path(&id).display().to_string();
+        let left: Vec<String> = leftovers_settled(&id)
+            .into_iter()
+            .filter(|l| !l.contains(&sock))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "leftovers of {id}:\n  {}",
+            left.join("\n  ")
+        );
+    }
 }
 
 /// A config.json error is reported by field to the `ctr` user and leaves nothing.

@@ -21,11 +21,12 @@ use std::{
     time::Duration,
 };
 
+use common::cgroup::{self, Cgroup, Fact};
+use common::spec::{base_spec, busybox_rootfs, Scratch};
 use common::*;
 use serde_json::{json, Value};
 
 const RUNC: &str = "io.containerd.runc.v2";
-const CTR_DEFAULT_SPEC: &str = include_str!("../runtime/src/plan/testdata/ctr-default-spec.json");
 
 /// `ctr run --rm` with extra ctr flags before the image; returns (stdout, stderr, code).
 fn run_with(rt: &str, id: &str, flags: &[&str], args: &[&str]) -> (String, String, i32) {
@@ -52,52 +53,6 @@ fn run_clean_with(rt: &str, id: &str, flags: &[&str], args: &[&str]) -> (String,
         left.join("\n  ")
     );
     r
-}
-
-/// A scratch directory for one test, removed on drop (after the containers are gone).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(id: &str) -> Scratch {
-        let p = env().workdir.join(format!("scratch-{id}"));
-        fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A minimal rootfs: busybox-static with its applets, and the usual top directories.
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "run"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy /bin/busybox (busybox-static)");
-    let out = Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        if applet != "busybox" {
-            let _ = symlink("busybox", root.join("bin").join(applet));
-        }
-    }
-    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
-    root
-}
-
-/// The spec `ctr run` would generate, for `rootfs`, in the cgroup ctr would use.
-fn base_spec(id: &str, rootfs: &Path, args: &[&str]) -> Value {
-    let mut v: Value = serde_json::from_str(CTR_DEFAULT_SPEC).unwrap();
-    v["root"] = json!({ "path": rootfs });
-    v["process"]["args"] = json!(args);
-    v["linux"]["cgroupsPath"] = json!(format!("/{}/{id}", namespace()));
-    v
 }
 
 /// `ctr run --rm --config` of a full spec; (stdout, stderr, code), then no leftovers.
@@ -372,15 +327,24 @@ fn tmpcopyup_starts_the_tmpfs_with_the_image_content() {
 
 // --------------------------------------------------------------- cgroupfs ---
 
-/// CRI's `/sys/fs/cgroup` mount: the container sees its own cgroup in every hierarchy.
+/// CRI's `/sys/fs/cgroup` mount: the container sees its own cgroup in every hierarchy (v1,
+/// hybrid) or its own cgroup2 directory (v2), read-only.
 #[test]
 fn cgroup_mount_shows_the_container_cgroup() {
     let _serial = shared();
-    let probe = "ls /sys/fs/cgroup | tr '\\n' ' '; echo; \
-                 cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.shares; \
-                 cat /sys/fs/cgroup/pids/cgroup.procs | head -1; \
-                 touch /sys/fs/cgroup/x 2>/dev/null && echo tmpfs-rw || echo tmpfs-ro; \
-                 (echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes) 2>/dev/null && echo rw || echo ro";
+    // The container's own view: its cgroup at the top of the mount.
+    let top = Cgroup::at("/");
+    let mem = top.files_of(&Fact::MemoryLimit(0)).remove(0);
+    let cpu = top.files_of(&Fact::CpuShares(0)).remove(0);
+    let procs = top.dir("pids").join("cgroup.procs");
+    let probe = format!(
+        "ls /sys/fs/cgroup | tr '\\n' ' '; echo; cat {mem} {cpu}; cat {procs} | head -1; \
+         touch /sys/fs/cgroup/x 2>/dev/null && echo top-rw || echo top-ro; \
+         (echo 1 > {mem}) 2>/dev/null && echo rw || echo ro",
+        mem = mem.display(),
+        cpu = cpu.display(),
+        procs = procs.display()
+    );
     let flags = [
         "--mount",
         "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:nodev:noexec",
@@ -392,7 +356,7 @@ fn cgroup_mount_shows_the_container_cgroup() {
     let mut outputs = Vec::new();
     for rt in [runtime(), RUNC.to_string()] {
         let id = unique_id("cgfs");
-        let (out, err, code) = run_clean_with(&rt, &id, &flags, &["sh", "-c", probe]);
+        let (out, err, code) = run_clean_with(&rt, &id, &flags, &["sh", "-c", &probe]);
         assert_eq!(code, 0, "{rt}: {err}");
         outputs.push(out);
     }
@@ -401,6 +365,27 @@ fn cgroup_mount_shows_the_container_cgroup() {
     }
     let ours: Vec<&str> = outputs[0].lines().collect();
     let runc: Vec<&str> = outputs[1].lines().collect();
+    let cpu_value = if cgroup::v2_only() {
+        cgroup::shares_to_weight(512).to_string()
+    } else {
+        "512".to_string()
+    };
+    assert_eq!(
+        ours[1..],
+        ["104857600", cpu_value.as_str(), "1", "top-ro", "ro"],
+        "{}",
+        cgroup::layout_name()
+    );
+    if cgroup::v2_only() {
+        // The container's own cgroup2 directory. (runc 1.1 mounts a fresh cgroup2 there, which
+        // without a cgroup namespace shows the host's whole tree: nothing to compare.)
+        assert!(
+            ours[0].split(' ').any(|n| n == "cgroup.procs"),
+            "{}",
+            ours[0]
+        );
+        return;
+    }
     let layout = runtime::cgroups::Layout::host();
     for h in &layout.hierarchies {
         let name = h.mountpoint.file_name().unwrap().to_string_lossy();
@@ -410,7 +395,6 @@ fn cgroup_mount_shows_the_container_cgroup() {
             ours[0]
         );
     }
-    assert_eq!(ours[1..], ["104857600", "512", "1", "tmpfs-ro", "ro"]);
     // Same as runc for the v1 hierarchies (runc 1.1 leaves out the hybrid unified one, and
     // leaves its tmpfs writable (mode 0555) where the mount asks for ro).
     assert_eq!(ours[1..4], runc[1..4], "{outputs:?}");

@@ -33,12 +33,15 @@ impl ContainerState {
     pub fn load(bundle: &Path) -> Result<Option<ContainerState>> {
         let path = bundle.join(STATE_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::Other(format!("{}: {e}", path.display()))),
+            Ok(bytes) => ContainerState::parse(&bytes, &path).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(path, e)),
         }
+    }
+
+    /// The state file's content; `path` names it in errors.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<ContainerState> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Other(format!("{}: {e}", path.display())))
     }
 
     pub fn remove(bundle: &Path) -> Result<()> {

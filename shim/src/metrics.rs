@@ -265,9 +265,11 @@ fn v2_metrics(d: &Path) -> Result<v2::Metrics> {
         )));
     }
     let mut m = v2::Metrics::new();
+    // "max" reads as u64::MAX in every v2 limit, as containerd's cgroups library reports it
+    // (its v1 pids reader says 0; see v1_metrics).
     m.pids = MessageField::some(v2::PidsStat {
         current: read_u64(&d.join("pids.current"), 0),
-        limit: read_u64(&d.join("pids.max"), 0),
+        limit: read_u64(&d.join("pids.max"), u64::MAX),
         ..Default::default()
     });
     let mut cpu = v2::CPUStat::new();
@@ -390,7 +392,7 @@ mod tests {
             fs::write(d.join(f), v).unwrap();
         }
         let m = v2_metrics(d).unwrap();
-        assert_eq!((m.pids.current, m.pids.limit), (3, 0));
+        assert_eq!((m.pids.current, m.pids.limit), (3, u64::MAX));
         assert_eq!(
             (m.cpu.usage_usec, m.cpu.user_usec, m.cpu.system_usec),
             (1500, 1000, 500)

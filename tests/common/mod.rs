@@ -14,6 +14,9 @@
 //! Not root, or no containerd: every test using [`env()`] fails with a message.
 #![allow(dead_code)]
 
+pub mod cgroup;
+pub mod spec;
+
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
@@ -824,18 +827,16 @@ pub fn leftovers(id: &str) -> Vec<String> {
     if bundle.exists() {
         found.push(format!("bundle {} still exists", bundle.display()));
     }
-    for base in ["/run/containerd", "/sys/fs/cgroup"] {
-        if let Ok(rd) = fs::read_dir(base) {
-            for d in rd.flatten() {
-                let p = d.path().join(ns).join(id);
-                if p.exists() {
-                    found.push(format!("{} still exists", p.display()));
-                }
+    if let Ok(rd) = fs::read_dir("/run/containerd") {
+        for d in rd.flatten() {
+            let p = d.path().join(ns).join(id);
+            if p.exists() {
+                found.push(format!("{} still exists", p.display()));
             }
         }
     }
-    if Path::new("/sys/fs/cgroup").join(ns).join(id).exists() {
-        found.push(format!("/sys/fs/cgroup/{ns}/{id} still exists"));
+    for d in cgroup::Cgroup::of_container(id).existing_dirs() {
+        found.push(format!("cgroup {} still exists", d.display()));
     }
 
     let has_line = |out: &str, skip: usize| {

@@ -4,6 +4,7 @@
 #
 #   containerd.sh image OUTDIR           build (or reuse) the busybox OCI image tarball,
 #                                        print its path
+#   containerd.sh pause-image OUTDIR     the same for the CRI sandbox (pause) image
 #   containerd.sh start WORKDIR [BINDIR] private containerd in WORKDIR, BINDIR first on PATH
 #   containerd.sh stop  WORKDIR          stop it, kill what provably belongs to it, remove WORKDIR
 #   containerd.sh ctr   WORKDIR ARGS...  ctr --address WORKDIR/containerd.sock ARGS...
@@ -614,11 +615,22 @@ cmd_start() {
         warn "image import failed: $out"
         exit 1
     fi
-    # The listing is captured before grep: `ctr ... | grep -q` under pipefail fails
-    # whenever grep exits before ctr has written its last line (SIGPIPE).
-    local listed
-    listed="$("$ctr" --address "$w/containerd.sock" -n "$ns" images ls -q)" || true
-    if ! grep -qxF "$IMAGE_NAME" <<<"$listed"; then
+    # Listing retries when ctr fails: on a loaded machine (or under emulation, tests/vm) its
+    # dial can time out, which is not a missing image. The listing is captured before grep:
+    # `ctr ... | grep -q` under pipefail fails whenever grep exits before ctr has written its
+    # last line (SIGPIPE).
+    image_listed() {
+        local i listed
+        for i in 1 2 3 4 5; do
+            if listed="$("$ctr" --address "$w/containerd.sock" -n "$1" images ls -q)"; then
+                grep -qxF "$2" <<<"$listed"
+                return
+            fi
+            sleep "$i"
+        done
+        return 1
+    }
+    if ! image_listed "$ns" "$IMAGE_NAME"; then
         warn "image $IMAGE_NAME missing after import: $out"
         exit 1
     fi
@@ -632,9 +644,8 @@ cmd_start() {
                 exit 1
             fi
         done
-        listed="$("$ctr" --address "$w/containerd.sock" -n k8s.io images ls -q)" || true
         for name in "$IMAGE_NAME" "$PAUSE_IMAGE_NAME"; do
-            grep -qxF "$name" <<<"$listed" ||
+            image_listed k8s.io "$name" ||
                 { warn "image $name missing in k8s.io after import"; exit 1; }
         done
     fi
@@ -649,14 +660,24 @@ cmd_start() {
 #               of our snapshotter), or it descends from one of our shims.
 # Zombies are skipped (nothing to kill).
 our_pids() {
-    local w="$1" p pid i n root selfns st state ppid line
+    local w="$1" p pid i n root selfns st state ppid line link
     local -a argv fields
-    local -A ppid_of=() kind_of=()
+    local -A ppid_of=() kind_of=() root_of=() mntns_of=()
     selfns="$(readlink /proc/self/ns/mnt)"
+    # Every process's root and mount namespace in two processes, not two per process: the
+    # cgroup-v2 test VM (tests/vm) pays tens of ms per process start.
+    while read -r p link; do
+        p="${p#/proc/}"
+        root_of[${p%%/*}]="$link"
+    done < <(find /proc/[0-9]*/root -maxdepth 0 -printf '%p %l\n' 2>/dev/null)
+    while read -r p link; do
+        p="${p#/proc/}"
+        mntns_of[${p%%/*}]="$link"
+    done < <(find /proc/[0-9]*/ns/mnt -maxdepth 0 -printf '%p %l\n' 2>/dev/null)
     for p in /proc/[0-9]*; do
         pid="${p#/proc/}"
         [[ "$pid" == "$$" || "$pid" == "$BASHPID" ]] && continue
-        st="$(cat "$p/stat" 2>/dev/null)" || continue
+        read -r st 2>/dev/null <"$p/stat" || continue
         st="${st##*) }"
         read -r -a fields <<<"$st"
         state="${fields[0]:-}"
@@ -673,12 +694,13 @@ our_pids() {
                 continue 2
             fi
         done
-        root="$(readlink "$p/root" 2>/dev/null)" || continue
+        root="${root_of[$pid]:-}"
+        [[ -n "$root" ]] || continue
         if [[ "$root" == "$w/"* ]]; then
             kind_of[$pid]=container
             continue
         fi
-        if [[ "$(readlink "$p/ns/mnt" 2>/dev/null)" != "$selfns" ]]; then
+        if [[ -n "${mntns_of[$pid]:-}" && "${mntns_of[$pid]}" != "$selfns" ]]; then
             while IFS= read -r line; do
                 # field 5 is the mount point; the root mount of that namespace
                 line=" $line "
@@ -886,6 +908,7 @@ main() {
     shift
     case "$cmd" in
         image) cmd_image "$@" ;;
+        pause-image) cmd_pause_image "$@" ;;
         start) cmd_start "$@" ;;
         stop) cmd_stop "$@" ;;
         ctr) cmd_ctr "$@" ;;

@@ -9,7 +9,7 @@ use std::{
 
 use oci_spec::runtime::LinuxResources;
 
-use super::{device_rule, resources, write_file, CgroupPlan, Hierarchy, Layout};
+use super::{apply_writes, device_rule, resources, write_file, CgroupPlan, Hierarchy, Layout};
 use crate::{Error, Result};
 
 /// The container's directory in hierarchy `h` (one of `plan.dirs`).
@@ -77,6 +77,9 @@ pub fn update(plan: &CgroupPlan, r: &LinuxResources, layout: &Layout) -> Result<
         }
     }
     let mut writes = resources::plan_resources(r, layout, &dir_of)?;
+    if let Some(c) = r.cpu() {
+        keep_unset_half_of_cpu_max(&mut writes, c.quota(), c.period())?;
+    }
     if let Some(m) = r.memory() {
         let (dir, unified) = memory_dir(plan, layout).ok_or_else(|| {
             Error::unsupported(
@@ -110,13 +113,36 @@ pub fn update(plan: &CgroupPlan, r: &LinuxResources, layout: &Layout) -> Result<
         let props = super::systemd::resource_properties(&writes, is_unified_host(layout))?;
         super::systemd::set_properties(unit, &props)?;
     }
-    for w in &writes {
-        let path = w.dir.join(&w.file);
-        if w.optional && !path.exists() {
-            continue;
-        }
-        write_file(&path, &w.value).map_err(|e| Error::invalid(&w.field, e.to_string()))?;
+    apply_writes(&writes)
+}
+
+/// cgroup v2 keeps quota and period in one file, cpu.max. An update that gives only one of
+/// them keeps the other at its current value, as runc's update does (and as v1's two files
+/// do by themselves); 0 means "not given", as in runc.
+fn keep_unset_half_of_cpu_max(
+    writes: &mut [resources::CgroupWrite],
+    quota: Option<i64>,
+    period: Option<u64>,
+) -> Result<()> {
+    let (quota, period) = (quota.filter(|q| *q != 0), period.filter(|p| *p != 0));
+    if quota.is_some() == period.is_some() {
+        return Ok(());
     }
+    let Some(w) = writes.iter_mut().find(|w| w.file == "cpu.max") else {
+        return Ok(());
+    };
+    let current = read_trimmed(&w.dir.join("cpu.max"))?;
+    let mut fields = current.split_whitespace();
+    let (current_quota, current_period) = (
+        fields.next().unwrap_or("max").to_owned(),
+        fields.next().unwrap_or("100000").to_owned(),
+    );
+    w.value = match (quota, period) {
+        (Some(q), _) if q > 0 => format!("{q} {current_period}"),
+        (Some(_), _) => format!("max {current_period}"),
+        (None, Some(p)) => format!("{current_quota} {p}"),
+        (None, None) => unreachable!("one of them is given"),
+    };
     Ok(())
 }
 
@@ -143,6 +169,7 @@ fn order_v1_memory(
                 value: "-1".into(),
                 field: "linux.resources.memory.limit".into(),
                 optional: false,
+                fallback: None,
             },
         );
         return Ok(());
@@ -236,6 +263,7 @@ mod tests {
             value: value.into(),
             field: String::new(),
             optional: false,
+            fallback: None,
         }
     }
 
@@ -263,7 +291,8 @@ mod tests {
             fs::write(dir.join(f), "").unwrap();
         }
         fs::write(dir.join("memory.current"), "5000000\n").unwrap();
-        fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        // Empty, as a new container's cgroup is before its init joins.
+        fs::write(dir.join("cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
         let mut layout = Layout::parse(&format!(
             "35 30 0:31 / {} rw - cgroup2 cgroup2 rw\n",
             root.display()
@@ -309,7 +338,7 @@ mod tests {
         assert_eq!(
             contents(&dir),
             expect(&[
-                ("cgroup.events", "populated 1\nfrozen 0\n"),
+                ("cgroup.events", "populated 0\nfrozen 0\n"),
                 ("cgroup.freeze", ""),
                 ("cpu.max", "50000 100000"),
                 ("cpu.weight", "39"),
@@ -334,6 +363,19 @@ mod tests {
         assert_eq!(get("memory.swap.max"), "max");
         assert_eq!(get("pids.max"), "max");
         assert_eq!(get("cpu.weight"), "39", "untouched by the update");
+        // Half a cpu.max keeps the other half.
+        let period: LinuxResources = serde_json::from_str(r#"{"cpu":{"period":200000}}"#).unwrap();
+        update(&plan, &period, &layout).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "max 200000"
+        );
+        let quota: LinuxResources = serde_json::from_str(r#"{"cpu":{"quota":30000}}"#).unwrap();
+        update(&plan, &quota, &layout).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "30000 200000"
+        );
 
         // checkBeforeUpdate compares with memory.current and writes nothing when refused.
         let below: LinuxResources = serde_json::from_str(
@@ -351,6 +393,33 @@ mod tests {
             serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).unwrap();
         let e = update(&plan, &devices, &layout).unwrap_err().to_string();
         assert!(e.contains("linux.resources.devices"), "{e}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn v2_io_weight_goes_to_bfq_when_the_kernel_has_it_else_to_io_weight() {
+        let (root, layout, _) = fake_v2("ioweight");
+        let dir = root.join("k/c");
+        let mut layout = layout;
+        layout.hierarchies[0].controllers.push("io".into());
+        let linux: oci_spec::runtime::Linux = serde_json::from_str(
+            r#"{"cgroupsPath":"/k/c","resources":{"blockIO":{"weight":500}}}"#,
+        )
+        .unwrap();
+        let plan = super::super::plan_cgroup(&linux, "c", &[], &layout).unwrap();
+        // No BFQ scheduler: io.weight, 1 + (500 - 10) * 9999 / 990.
+        fs::write(dir.join("io.weight"), "").unwrap();
+        super::super::create(&plan).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("io.weight")).unwrap(), "4950");
+        // With BFQ: its file, the blkio value as is.
+        fs::write(dir.join("io.bfq.weight"), "").unwrap();
+        let r: LinuxResources = serde_json::from_str(r#"{"blockIO":{"weight":300}}"#).unwrap();
+        update(&plan, &r, &layout).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("io.bfq.weight")).unwrap(),
+            "300"
+        );
+        assert_eq!(fs::read_to_string(dir.join("io.weight")).unwrap(), "4950");
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -18,6 +18,9 @@ pub struct CgroupWrite {
     pub field: String,
     /// Skip silently when the kernel lacks the file (only for writes that restate a default).
     pub optional: bool,
+    /// `(file, value)` to write instead when the kernel lacks `file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<(String, String)>,
 }
 
 /// Where a controller lives on this host, and so which file names to use.
@@ -56,6 +59,7 @@ impl Planner<'_> {
             value: value.to_string(),
             field: field.to_owned(),
             optional: false,
+            fallback: None,
         });
     }
 
@@ -226,6 +230,11 @@ impl Planner<'_> {
                         _ => s.to_string(),
                     };
                     self.write(&dir, "memory.swap.max", v, &format!("{f}.swap"));
+                } else if m.limit() == Some(-1) {
+                    // Unlimited memory without a swap value means unlimited swap too, as on v1
+                    // (and in runc); a kernel without swap accounting has no file to write.
+                    self.write(&dir, "memory.swap.max", "max", &format!("{f}.limit"));
+                    self.writes.last_mut().unwrap().optional = true;
                 }
                 if m.swappiness().is_some() {
                     return Err(Error::unsupported(
@@ -295,7 +304,11 @@ impl Planner<'_> {
                 };
                 self.write(&dir, file, w, &format!("{f}.weight"));
             } else {
+                // As runc: BFQ's weight takes the blkio value where the BFQ scheduler is
+                // loaded; without it, io.weight (blk-iocost) on its own 1..10000 scale.
                 self.write(&dir, "io.bfq.weight", w, &format!("{f}.weight"));
+                self.writes.last_mut().unwrap().fallback =
+                    Some(("io.weight".into(), blkio_to_io_weight(w).to_string()));
             }
         }
         if let Some(w) = b.leaf_weight() {
@@ -417,6 +430,19 @@ impl Planner<'_> {
             if key.contains('/') || key.starts_with('.') || !key.contains('.') {
                 return Err(Error::invalid(field, "not a cgroup v2 file name"));
             }
+            if key.starts_with("cgroup.") && !UNIFIED_CORE_LIMITS.contains(&key.as_str()) {
+                // cgroup.procs or cgroup.threads would move any process of the host into
+                // the container's cgroup (where its teardown kills it); subtree_control,
+                // type, freeze or kill act on the hierarchy and the container's life.
+                return Err(Error::invalid(
+                    field,
+                    format!(
+                        "{key} is a cgroup core file the runtime manages; of those, only {} \
+                         may be set",
+                        UNIFIED_CORE_LIMITS.join(", ")
+                    ),
+                ));
+            }
             let controller = key.split('.').next().unwrap_or_default();
             let Some(h) = self.layout.hierarchies.iter().find(|h| {
                 h.unified
@@ -434,12 +460,28 @@ impl Planner<'_> {
     }
 }
 
+/// The cgroup core files (`cgroup.*`) that `unified` may set: limits on the container's own
+/// subtree, nothing that moves processes or changes the hierarchy.
+const UNIFIED_CORE_LIMITS: [&str; 3] = [
+    "cgroup.max.depth",
+    "cgroup.max.descendants",
+    "cgroup.pressure",
+];
+
 /// runc's mapping of cpu.shares (2..262144) onto cpu.weight (1..10000).
 pub fn shares_to_weight(shares: u64) -> u64 {
     if shares == 0 {
         return 0;
     }
     1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+/// runc's mapping of a blkio weight (10..1000) onto io.weight (1..10000).
+pub fn blkio_to_io_weight(weight: u16) -> u64 {
+    if weight == 0 {
+        return 0;
+    }
+    1 + u64::from(weight.saturating_sub(10)) * 9999 / 990
 }
 
 pub fn plan_resources(

@@ -71,26 +71,28 @@ impl Service {
         let c = self.container(&req.id)?;
         let s = c.lock();
         let p = proc(&c, &s, &req.exec_id)?;
-        // Reaped already (or never launched): its pid may be someone else's now.
-        if p.exit.is_some() || p.pid <= 0 {
+        let signal = req.signal as i32;
+        // Through its pidfd: reaped already (or never launched), its pid may be anyone's.
+        let signalled = p
+            .signal(signal)
+            .map_err(|e| Error::Internal(format!("signal {signal}: {e}")))?;
+        if !signalled {
             return Err(Error::NotFound(format!(
                 "container {}: process already finished",
                 req.id
             )));
         }
-        let signal = req.signal as i32;
-        let mut targets = vec![p.pid];
+        let mut others = Vec::new();
         if req.all && req.exec_id.is_empty() {
-            targets.extend(
+            others.extend(
                 cgroups::pids(&c.plan.cgroup)
                     .into_iter()
                     .filter(|q| *q != p.pid),
             );
         }
-        for pid in targets {
-            // SAFETY: kill(2) has no memory-safety preconditions; the target is either our
-            // unreaped process (its exit is not recorded, and we hold the lock that records
-            // it) or a member of the container's cgroup.
+        for pid in others {
+            // SAFETY: kill(2) has no memory-safety preconditions; the target is a member of
+            // the container's cgroup (which holds nothing of anyone else's, see create).
             if unsafe { libc::kill(pid, signal) } != 0 {
                 let e = std::io::Error::last_os_error();
                 if e.raw_os_error() != Some(libc::ESRCH) {

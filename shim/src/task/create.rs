@@ -118,10 +118,9 @@ impl Service {
         }
         let io = LaunchIo::open(&stdio, &id, &self.namespace, opts.io_owner)?;
         let t_planned = t0.elapsed();
-        if let Err(e) = cgroups::create(&plan.cgroup) {
-            let _ = cgroups::destroy(&plan.cgroup);
-            return Err(e.into());
-        }
+        // On an error it leaves nothing behind, and kills nothing: the cgroup may be
+        // someone else's (see cgroups::create).
+        cgroups::create(&plan.cgroup)?;
         let c = Arc::new(Container::new(
             id.clone(),
             bundle.to_path_buf(),
@@ -138,10 +137,13 @@ impl Service {
         let plan = &c.plan;
         let t_cgroup = t0.elapsed();
         let launched = cgroups::open_birth_cgroup(&plan.cgroup).and_then(|birth| {
-            self.zygote
-                .launch(plan, io.fds(), birth.as_ref().map(|f| f.as_fd()), |pid| {
-                    self.register_pid(&c, pid, "")
-                })
+            self.zygote.launch(
+                plan,
+                io.fds(),
+                birth.as_ref().map(|f| f.as_fd()),
+                None,
+                |pid, pidfd| self.register_pid(&c, pid, pidfd, ""),
+            )
         });
         let launched = match launched {
             Ok(l) => l,
@@ -163,7 +165,7 @@ impl Service {
             Ok(j) => std::sync::Mutex::new(j),
             Err(e) => {
                 let e = Error::Internal(format!("start a thread: {e}"));
-                return Err(self.abort_create(&c, pid, None, e));
+                return Err(self.abort_create(&c, None, e));
             }
         };
         let finish_join = || -> runtime::Result<()> {
@@ -204,7 +206,7 @@ impl Service {
             .and_then(|console| io.start(console));
         let process_io = match ready {
             Ok(pio) => Arc::new(pio),
-            Err(e) => return Err(self.abort_create(&c, pid, Some(&finish_join), e)),
+            Err(e) => return Err(self.abort_create(&c, Some(&finish_join), e)),
         };
         if let Some(oom) = &self.oom {
             if let Err(e) = oom.watch(&id, &plan.cgroup, Layout::host()) {
@@ -251,13 +253,10 @@ impl Service {
     fn abort_create(
         &self,
         c: &Container,
-        pid: i32,
         finish_join: Option<&dyn Fn() -> runtime::Result<()>>,
         e: Error,
     ) -> Error {
-        // SAFETY: kill(2) of the init we cloned; it has not been reaped yet (its exit is
-        // recorded below, after this).
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = c.lock().init.signal(libc::SIGKILL);
         drop(c.wait_until(REAP_WAIT, |s| s.init.exit.is_some()));
         if let Some(f) = finish_join {
             let _ = f();
@@ -313,7 +312,7 @@ impl Service {
         };
         // startContainer hooks run in the init between Start and exec.
         if let Err(e) = launched.start() {
-            stop_failed_start(c, pid);
+            stop_failed_start(c);
             return Err(Error::Runtime(e));
         }
         let status = {
@@ -335,7 +334,7 @@ impl Service {
         };
         // Without the lock: Kill and State must work while a poststart hook runs.
         if let Err(e) = hooks::poststart(&c.plan.hooks, pid, status) {
-            stop_failed_start(c, pid);
+            stop_failed_start(c);
             return Err(e.into());
         }
         Ok(pid)
@@ -344,14 +343,11 @@ impl Service {
 
 /// A failed Start stops the container (runtime.md lifecycle steps 7 and 9) and returns once
 /// its exit is recorded: clients delete a task only when it is stopped.
-pub(super) fn stop_failed_start(c: &Container, pid: i32) {
+pub(super) fn stop_failed_start(c: &Container) {
     {
         let mut s = c.lock();
         s.init.starting = false;
-        if s.init.exit.is_none() {
-            // SAFETY: kill(2) of our init, not yet reaped (its exit is not recorded).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+        let _ = s.init.signal(libc::SIGKILL);
     }
     drop(c.wait_until(REAP_WAIT, |s| s.init.exit.is_some()));
 }

@@ -50,8 +50,7 @@ impl Service {
                 }
                 // Never started: the init waits on its channel; take it down.
                 Status::Created if s.init.pid > 0 && !s.init.starting => {
-                    // SAFETY: kill(2) of our init, not reaped yet (no exit recorded).
-                    unsafe { libc::kill(s.init.pid, libc::SIGKILL) };
+                    let _ = s.init.signal(libc::SIGKILL);
                 }
                 Status::Created => {
                     return Err(Error::FailedPrecondition(format!(

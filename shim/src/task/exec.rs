@@ -8,7 +8,7 @@ use containerd_shim_protos::{
     events::task::{TaskExecAdded, TaskExecStarted},
     topics,
 };
-use runtime::cgroups;
+use runtime::{cgroups, launch::Pidfd};
 
 use super::{
     lifecycle::{Container, ExecProc, Proc, Status, StdioPaths},
@@ -30,9 +30,9 @@ impl Service {
             serde_json::from_slice(&any.value).map_err(|e| {
                 Error::InvalidArgument(format!("exec {}: invalid process spec: {e}", req.exec_id))
             })?;
-        let mut spec = runtime::plan::process::plan_process(&process)?;
+        let mut spec = runtime::plan::plan_exec_process(&process)?;
         // The request's terminal wins over the process spec's, as in containerd's runc shim.
-        spec.terminal = req.terminal;
+        spec.process.terminal = req.terminal;
         if req.exec_id.is_empty() {
             return Err(Error::InvalidArgument("exec: the exec id is empty".into()));
         }
@@ -76,7 +76,7 @@ impl Service {
     }
 
     pub(super) fn start_exec(&self, c: &Arc<Container>, exec_id: &str) -> Result<i32> {
-        let (spec, stdio, init_pid) = {
+        let (spec, stdio, init_pid, init_pidfd) = {
             let mut s = c.lock();
             refuse_if_paused(c, s.paused)?;
             // As containerd's Go shim: no exec starts once the init has exited.
@@ -87,7 +87,7 @@ impl Service {
                     s.init.status()
                 )));
             }
-            let init_pid = s.init.pid;
+            let (init_pid, init_pidfd) = (s.init.pid, s.init.pidfd.clone());
             let e = s.execs.get_mut(exec_id).ok_or_else(|| {
                 Error::NotFound(format!(
                     "exec {exec_id} of container {} does not exist",
@@ -102,9 +102,9 @@ impl Service {
             // Counted running before it runs: the init's exit now waits for this one's.
             e.counted = true;
             e.proc.starting = true;
-            (e.spec.clone(), e.stdio.clone(), init_pid)
+            (e.spec.clone(), e.stdio.clone(), init_pid, init_pidfd)
         };
-        match self.launch_exec(c, exec_id, spec, &stdio, init_pid) {
+        match self.launch_exec(c, exec_id, &spec, &stdio, (init_pid, init_pidfd)) {
             Ok(pid) => Ok(pid),
             Err(err) => {
                 let mut s = c.lock();
@@ -124,18 +124,22 @@ impl Service {
         &self,
         c: &Arc<Container>,
         exec_id: &str,
-        spec: runtime::plan::ProcessPlan,
+        spec: &runtime::plan::ExecProcessPlan,
         stdio: &StdioPaths,
-        init_pid: i32,
+        (init_pid, init_pidfd): (i32, Option<Arc<Pidfd>>),
     ) -> Result<i32> {
         let plan = runtime::plan::exec_plan(&c.plan, init_pid, spec);
         let io = LaunchIo::open(stdio, &c.id, &self.namespace, c.io_owner)?;
         let launched = cgroups::open_birth_cgroup(&plan.cgroup)
             .and_then(|birth| {
-                self.zygote
-                    .launch(&plan, io.fds(), birth.as_ref().map(|f| f.as_fd()), |pid| {
-                        self.register_pid(c, pid, exec_id)
-                    })
+                self.zygote.launch(
+                    &plan,
+                    io.fds(),
+                    birth.as_ref().map(|f| f.as_fd()),
+                    // The namespaces of that very init, whoever has its pid by now.
+                    init_pidfd.as_ref().map(|p| p.as_fd()),
+                    |pid, pidfd| self.register_pid(c, pid, pidfd, exec_id),
+                )
             })
             .map_err(Error::from)?;
         let pid = launched.pid;
@@ -156,13 +160,8 @@ impl Service {
                 launched.start().map_err(Error::from)
             });
         if let Err(err) = ready {
-            let killed = {
-                let s = c.lock();
-                s.execs.get(exec_id).is_some_and(|e| e.proc.exit.is_none())
-            };
-            if killed {
-                // SAFETY: kill(2) of our exec process, not reaped yet.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            if let Some(e) = c.lock().execs.get(exec_id) {
+                let _ = e.proc.signal(libc::SIGKILL);
             }
             drop(c.wait_until(std::time::Duration::from_secs(10), |s| {
                 s.execs.get(exec_id).is_none_or(|e| e.proc.exit.is_some())

@@ -16,7 +16,7 @@ use std::{os::fd::AsRawFd, sync::Arc, time::Duration};
 use log::{error, warn};
 use runtime::{
     cgroups::{self, Layout},
-    launch::{Exit, ExitChannel, ExitReport},
+    launch::{Exit, ExitChannel, ExitReport, Pidfd},
     plan::NamespaceKind,
 };
 
@@ -53,9 +53,15 @@ impl Service {
     }
 
     /// Called under the launcher's lock for each process it clones, before any other launch.
-    pub(super) fn register_pid(&self, c: &Arc<Container>, pid: i32, exec_id: &str) {
+    pub(super) fn register_pid(
+        &self,
+        c: &Arc<Container>,
+        pid: i32,
+        pidfd: &Arc<Pidfd>,
+        exec_id: &str,
+    ) {
         if let Some(p) = c.lock().proc_mut(exec_id) {
-            p.pid = pid;
+            (p.pid, p.pidfd) = (pid, Some(pidfd.clone()));
         }
         let early = {
             let mut reg = self.registry();

@@ -25,8 +25,8 @@ use containerd_shim_protos::{
     api::WaitResponse, events::task::TaskExit, protobuf::Message, protobuf::MessageField, topics,
 };
 use runtime::{
-    launch::{Exit, Launched},
-    plan::{LaunchPlan, ProcessPlan},
+    launch::{Exit, Launched, Pidfd},
+    plan::{ExecProcessPlan, LaunchPlan},
 };
 
 use crate::{
@@ -55,6 +55,8 @@ pub struct StdioPaths {
 #[derive(Default)]
 pub struct Proc {
     pub pid: i32,
+    /// The process itself: signals go here, never to the pid (see `runtime::launch::pidfd`).
+    pub pidfd: Option<Arc<Pidfd>>,
     /// Set when reaped; the process no longer exists from then on.
     pub exit: Option<Exit>,
     /// The client has the process's output: its exit may go out.
@@ -87,6 +89,19 @@ impl Proc {
         }
     }
 
+    /// Signals the process through its pidfd. `Ok(false)`: it has exited (reaped, or
+    /// exiting: ESRCH), or was never launched.
+    pub fn signal(&self, signal: i32) -> std::io::Result<bool> {
+        let Some(pidfd) = self.pidfd.as_ref().filter(|_| self.exit.is_none()) else {
+            return Ok(false);
+        };
+        match pidfd.signal(signal) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// CloseIO for stdin, now or as soon as the process's stdio exists.
     pub fn close_stdin(&mut self) {
         self.stdin_closed = true;
@@ -116,7 +131,7 @@ impl Proc {
 /// An exec's own parts, next to its process.
 pub struct ExecProc {
     pub proc: Proc,
-    pub spec: ProcessPlan,
+    pub spec: ExecProcessPlan,
     pub stdio: StdioPaths,
     /// Counted as running (see the module rules) from its Start until its exit is out.
     pub counted: bool,

@@ -273,6 +273,7 @@ fn unlimited_values_are_systemd_infinity() {
         value: value.into(),
         field: "f".into(),
         optional: false,
+        fallback: None,
     };
     let p = resource_properties(
         &[
