@@ -610,6 +610,10 @@ fn apply_writes(writes: &[CgroupWrite]) -> Result<()> {
 /// the container's one directory, opened. None where the container spans v1 hierarchies too;
 /// its processes are moved with [`join`] then.
 pub fn open_birth_cgroup(plan: &CgroupPlan) -> Result<Option<std::os::fd::OwnedFd>> {
+    // A transient scope exists only once systemd has a process to put in it.
+    if plan.systemd.is_some() {
+        return Ok(None);
+    }
     let (Some(root), [dir]) = (&plan.unified_root, &plan.dirs[..]) else {
         return Ok(None);
     };
