@@ -111,9 +111,10 @@ lint:
 # libFuzzer (cargo-fuzz, stable toolchain, no sanitizer), each target bounded in time; a
 # crash fails the target and leaves the input in fuzz/artifacts. What the shim parses:
 # config.json and its plan (spec_plan), the runtime options of Create (runtime_options), the
-# launcher's and the inits' channel messages (launch_channel), the state file (state_file).
+# launcher's and the inits' channel messages (launch_channel), the state file (state_file),
+# ttrpc frames and task API requests as the daemon reads them (ttrpc_request).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= spec_plan runtime_options launch_channel state_file
+FUZZ_TARGETS ?= spec_plan runtime_options launch_channel state_file ttrpc_request
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	@set -e; cd fuzz; for t in $(FUZZ_TARGETS); do \

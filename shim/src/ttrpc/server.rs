@@ -240,7 +240,7 @@ fn on_ready(r: &mut Reactor, conns: &Connections, id: u64, ready: Ready, dispatc
 }
 
 /// Splits whole frames off the front of `input`.
-fn take_frames(input: &mut Vec<u8>) -> Result<Vec<(Header, Vec<u8>)>, String> {
+pub fn take_frames(input: &mut Vec<u8>) -> Result<Vec<(Header, Vec<u8>)>, String> {
     let mut frames = Vec::new();
     let mut at = 0;
     while input.len() - at >= HEADER_LEN {
