@@ -130,14 +130,14 @@ impl Launched {
                         Error::Other("container init asked for its cgroup twice".into())
                     })?;
                     join()?;
-                    self.channel.send(&ShimMessage::CgroupReady, &[])?;
+                    self.send_to_init(&ShimMessage::CgroupReady, "during setup")?;
                 }
                 Some((InitMessage::RunCreateHooks, _)) => {
                     let run = create_hooks.take().ok_or_else(|| {
                         Error::Other("container init asked for the create hooks twice".into())
                     })?;
                     run()?;
-                    self.channel.send(&ShimMessage::CreateHooksDone, &[])?;
+                    self.send_to_init(&ShimMessage::CreateHooksDone, "during setup")?;
                 }
                 Some((InitMessage::Failed { error }, _)) => return Err(Error::Init(error)),
                 Some((m, _)) => {
@@ -155,10 +155,31 @@ impl Launched {
         }
     }
 
+    /// A send that fails because the init is gone (killed, crashed) says so.
+    fn send_to_init(&self, msg: &ShimMessage, when: &str) -> Result<()> {
+        self.channel.send(msg, &[]).map_err(|e| {
+            let gone = matches!(
+                e,
+                Error::Sys {
+                    source: nix::Error::EPIPE | nix::Error::ECONNRESET,
+                    ..
+                }
+            );
+            if gone || !self.pidfd.is_alive() {
+                Error::Init(format!(
+                    "container init (pid {}) exited {when} ({e})",
+                    self.pid
+                ))
+            } else {
+                e
+            }
+        })
+    }
+
     /// Lets the init exec the user's program; returns once the exec has happened. On an
     /// error the init has exited or is being killed.
     pub fn start(self) -> Result<()> {
-        self.channel.send(&ShimMessage::Start, &[])?;
+        self.send_to_init(&ShimMessage::Start, "before Start")?;
         // A failed seccomp hand-off leaves the init waiting for a confirmation: end it.
         let kill = |e: Error| {
             let _ = self.pidfd.signal(libc::SIGKILL);
