@@ -1589,7 +1589,7 @@ fn create_create_of_one_id_one_wins() {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let won = results.iter().filter(|r| r.is_ok()).count();
-        let lost: Vec<_> = results.iter().filter_map(|r| code_of(r)).collect();
+        let lost: Vec<_> = results.iter().filter_map(code_of).collect();
         assert_eq!(
             (won, lost.as_slice()),
             (1, &[ttrpc::Code::ALREADY_EXISTS][..]),
