@@ -108,12 +108,19 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# libFuzzer over config.json parsing and planning (cargo-fuzz, stable toolchain, no sanitizer),
-# bounded in time; a crash fails the target and leaves the input in fuzz/artifacts.
+# libFuzzer (cargo-fuzz, stable toolchain, no sanitizer), each target bounded in time; a
+# crash fails the target and leaves the input in fuzz/artifacts. What the shim parses:
+# config.json and its plan (spec_plan), the runtime options of Create (runtime_options), the
+# launcher's and the inits' channel messages (launch_channel), the state file (state_file),
+# ttrpc frames and task API requests as the daemon reads them (ttrpc_request).
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= spec_plan runtime_options launch_channel state_file ttrpc_request
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && $(CARGO) fuzz run spec_plan --sanitizer none -- -max_total_time=$(FUZZ_SECONDS)
+	@set -e; cd fuzz; for t in $(FUZZ_TARGETS); do \
+		echo "=== cargo fuzz run $$t ($(FUZZ_SECONDS) s)"; \
+		$(CARGO) fuzz run $$t --sanitizer none -- -max_total_time=$(FUZZ_SECONDS); \
+	done
 
 bench: build
 	@test -f tests/bench.sh || { echo "tests/bench.sh missing" >&2; exit 1; }

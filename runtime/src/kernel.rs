@@ -8,11 +8,9 @@ use std::{
 };
 
 use crate::{
-    mountapi::{
-        self, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV,
-    },
+    fd::{self, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV},
     plan::kernel::{KernelPlan, SchedulerPlan, Sysctl},
-    Error, Result,
+    procfs, Error, Result,
 };
 
 /// A handle on /proc/sys of a procfs the container cannot influence: opened by the init
@@ -20,22 +18,9 @@ use crate::{
 pub struct ProcSys(OwnedFd);
 
 pub fn open_proc_sys() -> Result<ProcSys> {
-    let fd = mountapi::openat2(
-        cwd(),
-        Path::new("/proc/sys"),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-        RESOLVE_NO_SYMLINKS,
-    )
-    .map_err(|e| Error::io("/proc/sys", e))?;
-    // SAFETY: zeroed statfs is a valid out-parameter; fd is valid.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 || st.f_type != libc::PROC_SUPER_MAGIC
-    {
-        return Err(Error::Init(
-            "linux.sysctl: /proc/sys is not a procfs".into(),
-        ));
-    }
+    let fd = procfs::handle()?
+        .open_root("sys", libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| Error::Init(format!("linux.sysctl: open /proc/sys: {e}")))?;
     Ok(ProcSys(fd))
 }
 
@@ -44,7 +29,7 @@ pub fn open_proc_sys() -> Result<ProcSys> {
 pub fn write_sysctls(proc_sys: &ProcSys, sysctls: &[Sysctl]) -> Result<()> {
     for s in sysctls {
         let field = format!("linux.sysctl[{:?}]", s.key);
-        let fd = mountapi::openat2(
+        let fd = fd::openat2(
             proc_sys.0.as_fd(),
             &s.path,
             libc::O_WRONLY,
@@ -57,11 +42,6 @@ pub fn write_sysctls(proc_sys: &ProcSys, sysctls: &[Sysctl]) -> Result<()> {
             .map_err(|e| Error::Init(format!("{field}: write {:?}: {e}", s.value)))?;
     }
     Ok(())
-}
-
-fn cwd() -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: AT_FDCWD stays valid for the whole process life.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) }
 }
 
 /// struct ifreq with the flags member of its union (sizeof(struct ifreq) is 40 on LP64).
@@ -246,48 +226,47 @@ pub fn check_lsm_enabled(root: &Path, lsm: Lsm) -> Result<()> {
     ))
 }
 
-/// Writes the exec label of `lsm`: it takes effect at the execve of the container's program.
-/// `proc_self` is the init's own /proc/self directory (host procfs, before pivot_root).
-pub fn write_exec_label(proc_self: &Path, lsm: Lsm, label: &str) -> Result<()> {
-    let (paths, content): (Vec<_>, String) = match lsm {
-        // The AppArmor-specific directory exists since Linux 5.8; attr/exec before that.
-        Lsm::AppArmor => (
-            vec![
-                proc_self.join("attr/apparmor/exec"),
-                proc_self.join("attr/exec"),
-            ],
-            format!("exec {label}"),
-        ),
-        Lsm::SELinux => (vec![proc_self.join("attr/exec")], label.to_owned()),
-    };
-    let path = paths
-        .iter()
-        .find(|p| p.exists())
-        .unwrap_or(&paths[paths.len() - 1]);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(content.as_bytes()))
-        .map_err(|e| {
-            Error::Init(format!(
-                "{}: write {content:?} to {}: {e}",
-                lsm.field(),
-                path.display()
-            ))
-        })
+/// Where the exec label of `lsm` goes below /proc/self, and what is written there.
+/// `apparmor_dir`: the kernel has attr/apparmor/ (Linux 5.8+); attr/exec before that.
+pub fn exec_label_target(lsm: Lsm, label: &str, apparmor_dir: bool) -> (&'static str, String) {
+    match lsm {
+        Lsm::AppArmor if apparmor_dir => ("attr/apparmor/exec", format!("exec {label}")),
+        Lsm::AppArmor => ("attr/exec", format!("exec {label}")),
+        Lsm::SELinux => ("attr/exec", label.to_owned()),
+    }
 }
 
-/// Checks and writes the LSM exec labels of the plan; runs before pivot_root, while /proc
-/// is still the host's.
+/// The launcher, in the host's mount namespace: fails with a clear error unless the host
+/// runs every LSM the plan has a label for. Never decided from a container's /sys.
+pub fn check_lsm_labels(k: &KernelPlan) -> Result<()> {
+    for (lsm, label) in [
+        (Lsm::AppArmor, &k.apparmor_profile),
+        (Lsm::SELinux, &k.selinux_label),
+    ] {
+        if label.is_some() {
+            check_lsm_enabled(Path::new("/"), lsm)?;
+        }
+    }
+    Ok(())
+}
+
+/// The process itself (only a task may write its own attr/exec): writes the LSM exec
+/// labels of the plan, which take effect at its execve, through the launcher's procfs handle,
+/// never through the container's /proc. The launcher checked the modules are there.
 pub fn apply_lsm_labels(k: &KernelPlan) -> Result<()> {
     for (lsm, label) in [
         (Lsm::AppArmor, &k.apparmor_profile),
         (Lsm::SELinux, &k.selinux_label),
     ] {
-        if let Some(label) = label {
-            check_lsm_enabled(Path::new("/"), lsm)?;
-            write_exec_label(Path::new("/proc/self"), lsm, label)?;
-        }
+        let Some(label) = label else { continue };
+        let proc = procfs::handle()?;
+        let (rel, content) = exec_label_target(lsm, label, proc.self_has("attr/apparmor"));
+        proc.write_self(rel, &content).map_err(|e| {
+            Error::Init(format!(
+                "{}: write {content:?} to /proc/self/{rel}: {e}",
+                lsm.field()
+            ))
+        })?;
     }
     Ok(())
 }
@@ -320,30 +299,20 @@ mod tests {
     }
 
     #[test]
-    fn exec_labels_are_written_in_each_modules_format() {
-        let dir = std::env::temp_dir().join(format!("shim-rs-attr-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("attr/apparmor")).unwrap();
-        std::fs::write(dir.join("attr/apparmor/exec"), "").unwrap();
-        std::fs::write(dir.join("attr/exec"), "").unwrap();
-        write_exec_label(&dir, Lsm::AppArmor, "my-profile").unwrap();
+    fn exec_labels_go_where_each_module_reads_them() {
         assert_eq!(
-            std::fs::read_to_string(dir.join("attr/apparmor/exec")).unwrap(),
-            "exec my-profile"
-        );
-        write_exec_label(&dir, Lsm::SELinux, "system_u:system_r:container_t:s0").unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dir.join("attr/exec")).unwrap(),
-            "system_u:system_r:container_t:s0"
+            exec_label_target(Lsm::AppArmor, "my-profile", true),
+            ("attr/apparmor/exec", "exec my-profile".to_owned())
         );
         // Without the AppArmor directory (Linux < 5.8), attr/exec takes the AppArmor label.
-        std::fs::remove_dir_all(dir.join("attr/apparmor")).unwrap();
-        std::fs::write(dir.join("attr/exec"), "").unwrap();
-        write_exec_label(&dir, Lsm::AppArmor, "other").unwrap();
         assert_eq!(
-            std::fs::read_to_string(dir.join("attr/exec")).unwrap(),
-            "exec other"
+            exec_label_target(Lsm::AppArmor, "other", false),
+            ("attr/exec", "exec other".to_owned())
         );
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            exec_label_target(Lsm::SELinux, "system_u:system_r:container_t:s0", true),
+            ("attr/exec", "system_u:system_r:container_t:s0".to_owned())
+        );
     }
 
     #[test]

@@ -5,21 +5,17 @@
 //! whose child applies the plan with syscalls ([`rootfs`], [`process`], [`cgroups`]) and execs.
 //! Nothing here knows about ttrpc or containerd.
 
-pub mod cgroupfs;
 pub mod cgroups;
-pub mod chroot;
-pub mod copyup;
 pub mod error;
+pub mod fd;
 pub mod features;
 pub mod hooks;
-pub mod idmap;
 pub mod kernel;
 pub mod launch;
-pub mod mountapi;
 pub mod namespaces;
 pub mod plan;
 pub mod process;
-pub mod rootdir;
+pub mod procfs;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;

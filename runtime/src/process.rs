@@ -70,8 +70,12 @@ pub fn set_rlimits(plan: &ProcessPlan) -> Result<()> {
     Ok(())
 }
 
-pub fn set_oom_score_adj(value: i32) -> Result<()> {
-    std::fs::write("/proc/self/oom_score_adj", value.to_string())
+/// The launcher, for its new child `pid` (not yet reaped, so the pid is that process): the
+/// oomScoreAdj goes through the host's procfs, from outside. The process itself could only
+/// reach the /proc of the container it is in, which is the container's to fake.
+pub fn set_oom_score_adj(pid: i32, value: i32) -> Result<()> {
+    crate::procfs::handle()?
+        .write_pid(pid, "oom_score_adj", &value.to_string())
         .map_err(|e| Error::Init(format!("process.oomScoreAdj: write {value}: {e}")))
 }
 
@@ -204,15 +208,15 @@ const PASSWD_MAX_BYTES: u64 = 4 << 20;
 fn passwd_home(uid: u32) -> Option<String> {
     use std::{io::Read, os::fd::AsFd};
     let root = std::fs::File::open("/").ok()?;
-    let fd = crate::mountapi::openat2(
+    let fd = crate::fd::openat2(
         root.as_fd(),
         Path::new("etc/passwd"),
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
         0,
-        crate::mountapi::RESOLVE_NO_MAGICLINKS | crate::mountapi::RESOLVE_IN_ROOT,
+        crate::fd::RESOLVE_NO_MAGICLINKS | crate::fd::RESOLVE_IN_ROOT,
     )
     .ok()?;
-    let st = crate::rootdir::fstat(fd.as_fd()).ok()?;
+    let st = crate::fd::fstat(fd.as_fd()).ok()?;
     let fs = nix::sys::statfs::fstatfs(&fd).ok()?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG
         || fs.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC

@@ -10,11 +10,10 @@
 //!      switch. Then the filter also governs setgroups/setresgid/setresuid, prctl, capset,
 //!      chdir, close_range, the Ready/Start messages, the cgroup namespace unshare,
 //!      rt_sigaction/rt_sigprocmask and execve; the profile must allow them, as under runc.
-//! 3. With SCMP_ACT_NOTIFY rules the kernel gives the init a listener fd. The init cannot
-//!    reach `listenerPath` (a host path, and it has pivoted), and does not know its host pid:
-//!    it sends the fd to the shim on its channel and waits until the shim has delivered it
-//!    ([`send_to_listener`]), so no user code runs before the agent has the fd. The messages
-//!    are serialised before loading; the hand-off is a sendmsg and a recv on stack buffers.
+//! 3. With SCMP_ACT_NOTIFY rules the kernel gives the init a listener fd, which
+//!    [`Filter::load`] returns. The init cannot reach `listenerPath` (a host path, and it has
+//!    pivoted), and does not know its host pid: it hands the fd to the shim (the launch
+//!    protocol's business, see `launch::init`), which delivers it ([`send_to_listener`]).
 
 use std::{
     collections::BTreeMap,
@@ -37,7 +36,6 @@ use oci_spec::runtime::Arch;
 use serde::Serialize;
 
 use crate::{
-    launch::{channel::Channel, InitMessage, ShimMessage},
     plan::seccomp::{Action, Compare, FilterFlag, ListenerPlan, SeccompPlan},
     Error, Result,
 };
@@ -118,8 +116,8 @@ pub struct Filter {
     ctx: ScmpFilterContext,
     /// Names of the plan that libseccomp does not know, as `field: name`.
     ignored: Vec<String>,
-    /// The hand-off messages, serialised before loading: set when the filter notifies.
-    handoff: Option<(Vec<u8>, Vec<u8>)>,
+    /// The filter has SCMP_ACT_NOTIFY rules: loading it yields a listener fd.
+    notifies: bool,
 }
 
 impl Filter {
@@ -208,16 +206,10 @@ impl Filter {
                 ignored.join(", ")
             );
         }
-        let handoff = plan.notifies().then(|| {
-            (
-                encode(&InitMessage::SeccompNotifyFd),
-                encode(&ShimMessage::SeccompNotifyFdDelivered),
-            )
-        });
         Ok(Filter {
             ctx,
             ignored,
-            handoff,
+            notifies: plan.notifies(),
         })
     }
 
@@ -226,85 +218,33 @@ impl Filter {
         &self.ignored
     }
 
-    /// Loads the filter into the calling thread. With notifying rules, then hands the
-    /// listener fd to the shim on `channel` and waits until the agent has it.
-    pub fn load(self, channel: &Channel) -> Result<()> {
+    /// Whether loading yields a listener fd (the filter has SCMP_ACT_NOTIFY rules).
+    pub fn notifies(&self) -> bool {
+        self.notifies
+    }
+
+    /// Loads the filter into the calling thread; returns the listener fd when the filter
+    /// notifies. Whatever runs after this runs under the filter: no allocation-heavy work.
+    pub fn load(self) -> Result<Option<OwnedFd>> {
         self.ctx.load().map_err(|e| {
             Error::Init(format!(
                 "linux.seccomp: load the filter (libseccomp {}): {e}",
                 library_version()
             ))
         })?;
-        let Filter { ctx, handoff, .. } = self;
-        let notify_fd = handoff.as_ref().map(|_| ctx.get_notify_fd());
+        let Filter { ctx, notifies, .. } = self;
+        let notify_fd = notifies.then(|| ctx.get_notify_fd());
         // Freeing libseccomp's state could unmap memory: a syscall the profile may deny.
         // The process execs (or exits) next anyway.
         std::mem::forget(ctx);
-        let (Some(fd), Some((notice, ack))) = (notify_fd, handoff) else {
-            return Ok(());
-        };
-        let fd = fd.map_err(|e| Error::Init(format!("linux.seccomp: get the notify fd: {e}")))?;
-        // SAFETY: libseccomp hands over the listener fd it got from the kernel; we own it now.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        hand_off(channel.as_raw_fd(), &fd, &notice, &ack)
-    }
-}
-
-/// A channel message as `Channel::send` would put it on the wire.
-fn encode<T: Serialize>(m: &T) -> Vec<u8> {
-    serde_json::to_vec(m).expect("protocol messages serialise")
-}
-
-/// Sends `notice` with `fd` on the channel and waits for `ack`, with plain syscalls on
-/// stack buffers (sendmsg, recvfrom).
-fn hand_off(channel: i32, fd: &OwnedFd, notice: &[u8], ack: &[u8]) -> Result<()> {
-    let failed = |what: &str| {
-        Error::Init(format!(
-            "linux.seccomp: hand the notify fd to the shim: {what}: {}",
-            std::io::Error::last_os_error()
-        ))
-    };
-    const SPACE: usize = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut cmsg_buf = [0u64; SPACE.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: notice.as_ptr() as *mut libc::c_void,
-        iov_len: notice.len(),
-    };
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-    msg.msg_controllen = SPACE as _;
-    // SAFETY: the control buffer has room for one header with one descriptor.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd.as_raw_fd());
-    }
-    // SAFETY: msg points at live buffers.
-    if unsafe { libc::sendmsg(channel, &msg, libc::MSG_NOSIGNAL) } < 0 {
-        return Err(failed("send"));
-    }
-    let mut buf = [0u8; 64];
-    loop {
-        // SAFETY: reads into a local buffer of the given length.
-        let n = unsafe { libc::recv(channel, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
+        match notify_fd {
+            None => Ok(None),
+            Some(Err(e)) => Err(Error::Init(format!(
+                "linux.seccomp: get the notify fd: {e}"
+            ))),
+            // SAFETY: libseccomp hands over the listener fd it got from the kernel.
+            Some(Ok(fd)) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
         }
-        if n < 0 {
-            return Err(failed("wait for the shim"));
-        }
-        if &buf[..n as usize] != ack {
-            // EOF: the shim could not deliver the fd (it reports why) or went away.
-            return Err(Error::Init(
-                "linux.seccomp: the shim did not confirm the notify fd hand-off".into(),
-            ));
-        }
-        return Ok(());
     }
 }
 
@@ -451,7 +391,7 @@ mod tests {
         let p = plan_seccomp(&spec, Path::new("/b"), "c").unwrap().unwrap();
         let f = Filter::build(&p, "c").unwrap();
         assert!(f.ignored().is_empty(), "{:?}", f.ignored());
-        assert!(f.handoff.is_none());
+        assert!(!f.notifies());
     }
 
     #[test]
@@ -614,8 +554,10 @@ mod tests {
         }));
         let f = Filter::build(&p, "c").unwrap();
         process_set_nnp();
-        let (a, _b) = Channel::pair().unwrap();
-        f.load(&a).unwrap();
+        assert!(
+            f.load().unwrap().is_none(),
+            "no notify fd without notify rules"
+        );
         let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
         assert_eq!(
             mkdirat(&d("a"), 0o777).unwrap_err().raw_os_error(),
@@ -723,20 +665,16 @@ mod tests {
         }));
         let listener = p.listener.take().unwrap();
         let f = Filter::build(&p, "c1").unwrap();
-        let (init_end, shim_end) = Channel::pair().unwrap();
-        // The shim's part, on a thread the filter does not cover.
+        assert!(f.notifies());
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
-        let shim = std::thread::spawn(move || {
-            let (msg, fds) = shim_end.recv::<InitMessage>().unwrap().unwrap();
-            assert!(matches!(msg, InitMessage::SeccompNotifyFd));
-            send_to_listener(&listener, tid, "creating", fds[0].as_fd()).unwrap();
-            shim_end
-                .send(&ShimMessage::SeccompNotifyFdDelivered, &[])
-                .unwrap();
-        });
         process_set_nnp();
-        f.load(&init_end).unwrap();
+        let fd = f.load().unwrap().expect("a notify fd");
+        // The shim's part (the launcher protocol hands it over; see launch::init), here on
+        // a thread the filter does not cover.
+        let shim = std::thread::spawn(move || {
+            send_to_listener(&listener, tid, "creating", fd.as_fd()).unwrap();
+        });
         shim.join().unwrap();
         let r = mkdirat("/nonexistent-dir-for-notify", 0o755).unwrap();
         println!("child: mkdirat returned {r}");

@@ -21,9 +21,10 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-impl From<Error> for ttrpc::Error {
-    fn from(e: Error) -> Self {
-        let code = match &e {
+impl Error {
+    /// The gRPC code containerd expects for this error.
+    pub fn code(&self) -> Code {
+        match self {
             Error::NotFound(_) => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
@@ -33,7 +34,12 @@ impl From<Error> for ttrpc::Error {
             | Error::Runtime(runtime::Error::SpecParse { .. }) => Code::INVALID_ARGUMENT,
             Error::Runtime(runtime::Error::Unsupported { .. }) => Code::UNIMPLEMENTED,
             Error::Runtime(_) | Error::Internal(_) => Code::UNKNOWN,
-        };
-        ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
+        }
+    }
+}
+
+impl From<Error> for ttrpc::Error {
+    fn from(e: Error) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
     }
 }

@@ -3,17 +3,18 @@
 //! tracking and the ordered event stream back to containerd.
 
 pub mod bootstrap;
-pub mod container;
 pub mod error;
 pub mod events;
-pub mod exits;
 pub mod logger;
 pub mod metrics;
 pub mod oom;
 pub mod options;
+pub mod pool;
 pub mod protocol;
+pub mod reactor;
 pub mod rootfs;
-pub mod service;
 pub mod stdio;
+pub mod task;
+pub mod ttrpc;
 
 pub use containerd_shim_protos as protos;

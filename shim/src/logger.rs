@@ -11,6 +11,14 @@ use std::{
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+/// The descriptor the logger writes to, for the launcher to keep.
+static LOG_FD: std::sync::OnceLock<std::os::fd::RawFd> = std::sync::OnceLock::new();
+
+/// The log fifo's descriptor once [`init`] opened it.
+pub fn fd() -> Option<std::os::fd::RawFd> {
+    LOG_FD.get().copied()
+}
+
 struct FifoLogger {
     file: Mutex<File>,
 }
@@ -82,6 +90,7 @@ pub fn init(debug: bool) -> Option<File> {
     }))
     .is_ok()
     {
+        let _ = LOG_FD.set(fd);
         log::set_max_level(level);
     }
     copy.map(|f| {

@@ -1,16 +1,18 @@
 //! The shim protocol: the `start` action (returns the daemon's address), the daemon itself,
 //! the `delete` action containerd runs after every container, `-info` and `-v`.
 //!
-//! `start` binds the ttrpc socket and then forks: the child becomes the daemon without a
-//! second exec, and the parent prints the address and exits. The listening socket already
-//! queues connections, so containerd can dial before the daemon has finished starting.
+//! `start` binds the ttrpc socket and then forks: the child executes the binary again as the
+//! daemon, from a sealed, read-only view of it (see `runtime::launch::sealed_exe`: no
+//! process that enters a container can reach the host binary for writing), and the parent
+//! prints the address and exits. The listening socket already queues connections, so
+//! containerd can dial before the daemon has finished starting.
 //! What `start` reads and writes differs by containerd version: see [`crate::bootstrap`].
 
 use std::{
     ffi::OsString,
     io::Write,
     os::{
-        fd::{AsRawFd, IntoRawFd},
+        fd::{AsRawFd, FromRawFd},
         unix::net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
@@ -21,18 +23,23 @@ use containerd_shim::Flags;
 use containerd_shim_protos::{
     api::DeleteResponse,
     protobuf::{well_known_types::any::Any, Message, MessageField},
-    ttrpc::Server,
     types::introspection::{RuntimeInfo, RuntimeVersion},
 };
 use log::{error, info};
-use runtime::launch::Zygote;
+use runtime::launch::{
+    sealed_exe::{ExecArgv, SealedExe},
+    Zygote,
+};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     bootstrap::{self, StartConfig},
     events::{self, EventQueue},
-    exits::ExitMonitor,
     logger,
-    service::{Service, ShutdownSignal},
+    oom::OomWatcher,
+    reactor::Reactor,
+    task::Service,
+    ttrpc,
 };
 
 pub const RUNTIME_NAME: &str = "io.containerd.rs.v1";
@@ -62,6 +69,8 @@ pub fn main() -> i32 {
         match flags.action.as_str() {
             "start" => start(&flags),
             "delete" => delete(&flags),
+            // Not containerd's: the daemon, as `start` executes it (see `spawn_daemon`).
+            DAEMON_ACTION => run_daemon(),
             // Not containerd's: a default config.json to start a bundle from, as `runc spec`.
             "spec" => {
                 println!("{}", runtime::spec::default_spec_json());
@@ -167,21 +176,122 @@ fn start(flags: &Flags) -> Result<(), String> {
         Err(e) => return Err(format!("bind {}: {e}", path.display())),
     };
 
-    adjust_oom_score()?;
-    // SAFETY: nothing in this process has started a thread, so the child may run anything.
+    // From here on a failure must not leave the socket (nor a daemon) behind.
+    let forget_socket = |e: String| {
+        let _ = std::fs::remove_file(&path);
+        e
+    };
+    adjust_oom_score().map_err(forget_socket)?;
+    let child = spawn_daemon(&cfg, listener, &path).map_err(forget_socket)?;
+    answer(&cfg, &bundle, &address).inspect_err(|_| {
+        // containerd will never know this daemon (a full disk for the address file,
+        // containerd gone): end it, and its launcher with it (PDEATHSIG).
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(child, None);
+        let _ = std::fs::remove_file(&path);
+    })
+}
+
+/// The action `start` executes the daemon with, in place of its own.
+const DAEMON_ACTION: &str = "daemon";
+/// Where the daemon finds the listening socket and its configuration.
+const DAEMON_LISTENER_FD: i32 = 3;
+const DAEMON_CONFIG_FD: i32 = 4;
+
+/// What the daemon needs from `start` (which read it from stdin, flags and environment).
+#[derive(Debug, Serialize, Deserialize)]
+struct DaemonConfig {
+    namespace: String,
+    ttrpc_address: String,
+    debug: bool,
+    origin: String,
+    socket: PathBuf,
+}
+
+/// Forks; the child executes the sealed binary as the daemon, with the listening socket as
+/// fd 3 and its configuration readable on fd 4. The argv stays `start`'s, but for the
+/// action, so tools that find shims by their flags (containerd's, ours) still do.
+fn spawn_daemon(
+    cfg: &StartConfig,
+    listener: UnixListener,
+    socket: &Path,
+) -> Result<nix::unistd::Pid, String> {
+    let exe = SealedExe::of_self().map_err(|e| format!("seal the shim binary: {e}"))?;
+    let config = serde_json::to_vec(&DaemonConfig {
+        namespace: cfg.namespace.clone(),
+        ttrpc_address: cfg.ttrpc_address.clone(),
+        debug: cfg.debug,
+        origin: format!("{} ({:?})", cfg.origin, exe.seal),
+        socket: socket.to_path_buf(),
+    })
+    .map_err(|e| e.to_string())?;
+    let (config_r, config_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // Far smaller than a pipe's buffer: written whole before anyone reads.
+    std::fs::File::from(config_w)
+        .write_all(&config)
+        .map_err(|e| format!("write the daemon's configuration: {e}"))?;
+    let argv = std::env::args_os().map(|a| {
+        if a == "start" {
+            OsString::from(DAEMON_ACTION)
+        } else {
+            a
+        }
+    });
+    let args = ExecArgv::new(argv, std::env::vars_os()).map_err(|e| e.to_string())?;
+    // SAFETY: the child only calls dup2 and execveat (async-signal-safe) before exec.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork shim daemon: {e}"))? {
-        nix::unistd::ForkResult::Parent { .. } => answer(&cfg, &bundle, &address),
+        nix::unistd::ForkResult::Parent { child } => {
+            // The parent's copy of the sealed view goes now: once the child has executed it,
+            // no descriptor of it remains anywhere (a detached mount then dissolves).
+            drop(exe);
+            Ok(child)
+        }
         nix::unistd::ForkResult::Child => {
-            let code = match daemon(&cfg, listener, &path) {
-                Ok(()) => 0,
-                Err(e) => {
-                    error!("shim daemon: {e}");
-                    1
+            // dup2 clears close-on-exec on the copies: exactly these two cross the exec.
+            // SAFETY: dup2 on descriptors we own; moved above 4 first so that the second
+            // dup2 cannot overwrite the first's source.
+            unsafe {
+                let l = libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
+                let c = libc::fcntl(config_r.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
+                if l < 0
+                    || c < 0
+                    || libc::dup2(l, DAEMON_LISTENER_FD) < 0
+                    || libc::dup2(c, DAEMON_CONFIG_FD) < 0
+                {
+                    libc::_exit(127);
                 }
-            };
-            std::process::exit(code)
+            }
+            let _ = exe.exec(&args);
+            // SAFETY: _exit skips the exit handlers of the process this is a copy of.
+            unsafe { libc::_exit(127) }
         }
     }
+}
+
+/// The `daemon` action: the daemon `start` executed (see `spawn_daemon`).
+fn run_daemon() -> Result<(), String> {
+    // SAFETY: `start` passed these two descriptors to us; nothing else owns them.
+    let (listener, config) = unsafe {
+        (
+            UnixListener::from_raw_fd(DAEMON_LISTENER_FD),
+            std::fs::File::from_raw_fd(DAEMON_CONFIG_FD),
+        )
+    };
+    for fd in [DAEMON_LISTENER_FD, DAEMON_CONFIG_FD] {
+        // SAFETY: fcntl with an integer argument on our descriptor.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    let cfg: DaemonConfig = serde_json::from_reader(config)
+        .map_err(|e| format!("read the daemon's configuration from start: {e}"))?;
+    let code = match daemon(&cfg, listener) {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("shim daemon: {e}");
+            1
+        }
+    };
+    std::process::exit(code)
 }
 
 /// Sets our oom_score_adj to containerd's + 1 (at most 1000) before the daemon is forked, as
@@ -216,8 +326,10 @@ fn redirect(fd: i32, file: &std::fs::File) {
     unsafe { libc::dup2(file.as_raw_fd(), fd) };
 }
 
-/// The long-lived daemon. Runs in the forked child of `start`, in the bundle directory.
-fn daemon(cfg: &StartConfig, listener: UnixListener, socket: &Path) -> Result<(), String> {
+/// The long-lived daemon: executed by `start` (from the sealed binary), in the bundle
+/// directory.
+fn daemon(cfg: &DaemonConfig, listener: UnixListener) -> Result<(), String> {
+    let socket = cfg.socket.as_path();
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     // containerd waits for EOF on our stdout: hand back its pipe, keep stderr for the log.
     let null = std::fs::OpenOptions::new()
@@ -232,6 +344,12 @@ fn daemon(cfg: &StartConfig, listener: UnixListener, socket: &Path) -> Result<()
         None => redirect(2, &null),
     }
     drop(null);
+    // A panic on any thread ends the daemon at once: a half-dead shim (its exits or events
+    // thread gone) would lose exits silently, a dead one is cleaned up by containerd.
+    std::panic::set_hook(Box::new(|info| {
+        error!("shim daemon {}: {info}", std::process::id());
+        std::process::abort();
+    }));
     // SAFETY: ignoring SIGPIPE has no preconditions; a vanished reader must not kill us.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
@@ -239,38 +357,43 @@ fn daemon(cfg: &StartConfig, listener: UnixListener, socket: &Path) -> Result<()
     // thread costs resident memory in every shim on the machine.
     // SAFETY: mallopt has no preconditions; called before any thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    // The bundle, our working directory until now, is no business of the launcher's.
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     // Still single-threaded here: the launcher must be forked before any thread exists.
     // SAFETY: no thread has been started in this process.
-    let zygote = unsafe { Zygote::spawn() }.map_err(|e| e.to_string())?;
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    let log_fd: Vec<_> = logger::fd().into_iter().collect();
+    let zygote = unsafe { Zygote::spawn(&log_fd) }.map_err(|e| e.to_string())?;
 
-    let exits = ExitMonitor::start(
-        zygote
-            .take_exit_channel()
-            .ok_or("launcher exit channel missing")?,
+    let exits = zygote
+        .take_exit_channel()
+        .ok_or("launcher exit channel missing")?;
+    let events = Arc::new(
+        EventQueue::start(cfg.ttrpc_address.clone(), cfg.namespace.clone())
+            .map_err(|e| format!("start the events thread: {e}"))?,
     );
-    let events = Arc::new(EventQueue::start(
-        cfg.ttrpc_address.clone(),
-        cfg.namespace.clone(),
-    ));
-    let shutdown = Arc::new(ShutdownSignal::default());
-    let service = Service::new(
+    let oom = OomWatcher::start(events.clone())
+        .map_err(|e| error!("OOM watcher: {e}: no /tasks/oom events from this shim"))
+        .ok();
+    let mut reactor = Reactor::new().map_err(|e| format!("event loop: {e}"))?;
+    let service = Arc::new(Service::new(
         cfg.namespace.clone(),
         zygote,
-        exits,
         events.clone(),
-        shutdown.clone(),
-    );
-    // Wait RPCs block a worker each until their process exits: a pod with many containers
-    // needs many workers, or its other RPCs would queue behind the Waits. Idle workers exit.
-    let mut server = Server::new()
-        .set_thread_count_min(1)
-        .set_thread_count_default(2)
-        .set_thread_count_max(256)
-        .add_listener(listener.into_raw_fd())
-        .map_err(|e| format!("ttrpc listener: {e}"))?
-        .register_service(bootstrap::task_services(Arc::new(service)));
-    server.start().map_err(|e| format!("ttrpc server: {e}"))?;
+        reactor.handle(),
+        oom,
+    ));
+    service
+        .watch_exits(&mut reactor, exits)
+        .map_err(|e| format!("watch the launcher's exits: {e}"))?;
+    let svc = service.clone();
+    ttrpc::server::serve(
+        &mut reactor,
+        listener,
+        Arc::new(move |r: &mut Reactor, method: &str, payload, resp| {
+            svc.dispatch(r, method, payload, resp)
+        }),
+    )
+    .map_err(|e| format!("ttrpc listener: {e}"))?;
     info!(
         "shim daemon {} serving {} and {} on {}, started by {}",
         std::process::id(),
@@ -279,12 +402,12 @@ fn daemon(cfg: &StartConfig, listener: UnixListener, socket: &Path) -> Result<()
         socket.display(),
         cfg.origin
     );
-
-    shutdown.wait();
-    events.drain();
+    // Until Shutdown finds no container left.
+    reactor.run();
+    events.drain(std::time::Duration::from_secs(5));
     let _ = std::fs::remove_file(socket);
     info!("shim daemon {} exiting", std::process::id());
-    // Exit without tearing down the server's threads: the socket is gone and nothing is pending.
+    // Exit without tearing down other threads: the socket is gone and nothing is pending.
     std::process::exit(0)
 }
 
@@ -304,7 +427,12 @@ fn remove_dead_socket(bundle: &Path) {
 /// Idempotent and fast, since containerd runs it after every container.
 fn delete(flags: &Flags) -> Result<(), String> {
     let bundle = bundle_dir(flags);
-    let state = runtime::state::destroy(&bundle).map_err(|e| e.to_string())?;
+    // What cannot be cleaned is reported (containerd logs our stderr) but does not stop the
+    // rest: the socket, the response containerd waits for.
+    let state = runtime::state::destroy(&bundle).unwrap_or_else(|e| {
+        eprintln!("{RUNTIME_NAME}: warning: delete: {e}");
+        None
+    });
     remove_dead_socket(&bundle);
     if let Some(s) = &state {
         // The daemon died before its Delete: the poststop hooks are still owed. Failures

@@ -20,8 +20,9 @@ use log::warn;
 use nix::mount::{umount2, MntFlags, MsFlags};
 use runtime::{
     launch::Zygote,
-    mountapi::{self, MountAttr},
     plan::idmap::{parse_option_mappings, IdMappings},
+    plan::mounts::MountAttr,
+    rootfs::mount as mountapi,
     state,
 };
 

@@ -23,8 +23,8 @@ use std::{
 };
 
 use crate::{
-    container::StdioPaths,
     error::{Error, Result},
+    task::lifecycle::StdioPaths,
 };
 
 fn check_scheme(field: &str, path: &str) -> Result<()> {
@@ -176,24 +176,20 @@ fn open_output(field: &str, path: &str) -> Result<Option<(File, File)>> {
     }
     check_scheme(field, path)?;
     let path = strip_scheme(path);
-    let open = |flags| {
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | flags)
-            .open(path)
-    };
-    // containerd opens the read side before Create; fall back to a blocking open if not yet.
-    let f = match open(libc::O_NONBLOCK) {
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => open(0),
-        r => r,
-    }
-    .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {e}")))?;
-    clear_nonblock(&f);
+    // Our own reader first: opening a fifo for reading without blocking always works, and
+    // with it the writer's open cannot block or fail for want of a reader, so Create never
+    // hangs on a client that has not opened its end (yet, or ever).
     let keep = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {e}")))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {e}")))?;
+    clear_nonblock(&f);
     Ok(Some((f, keep)))
 }
 
@@ -413,11 +409,15 @@ impl LaunchIo {
         if let (Some(master), Some(out)) = (&master, terminal_out) {
             let (tx, rx) = mpsc::channel();
             let m = master.clone();
+            let out_handle = out.try_clone().ok();
             spawn("console-out", move || {
                 copy(&*m, &out);
-                wait_drained(&out, std::time::Instant::now() + Duration::from_secs(2));
                 let _ = tx.send(());
             })?;
+            // The Drain also waits for the client to take what the copy wrote.
+            if let Some(h) = out_handle {
+                io.outputs.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+            }
             io.output_done = Some(Mutex::new(rx));
         }
         if let Some(StdinFifo { reader, keepalive }) = stdin {
@@ -456,26 +456,71 @@ pub struct ProcessIo {
     kept: Mutex<Vec<File>>,
 }
 
-/// Waits (bounded) until the reader of a fifo or pipe has taken everything written to it:
-/// a client that stops reading when it learns of the exit must not lose the last output.
-/// Gives up early when nobody reads (a detached client): the data then stays in the fifo.
-fn wait_drained(f: &File, deadline: std::time::Instant) {
-    const STALL: Duration = Duration::from_millis(100);
-    let (mut last, mut since) = (libc::c_int::MAX, std::time::Instant::now());
-    loop {
-        let mut pending: libc::c_int = 0;
-        // SAFETY: FIONREAD writes an int we own.
-        let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut pending) };
+/// How long an exit waits for the client to take the process's last output.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// A reader that takes nothing for this long is not reading (a detached client): the data
+/// stays in the fifo for the next one.
+const DRAIN_STALL: Duration = Duration::from_millis(100);
+
+/// Bytes written to a fifo or pipe that its reader has not taken yet; None on error.
+fn pending_bytes(f: &File) -> Option<libc::c_int> {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes an int we own.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut pending) };
+    (r == 0).then_some(pending)
+}
+
+/// The wait, after a process exited, until the client has its last output: polled (never
+/// blocks), so any number of exits can drain at once. See [`ProcessIo::begin_drain`].
+pub struct Drain {
+    io: Arc<ProcessIo>,
+    deadline: std::time::Instant,
+    /// The terminal copy has reached EOF (or there is none).
+    console_done: bool,
+    /// Our handles on the output streams: (stream, bytes pending last time, since when).
+    outputs: Vec<(File, libc::c_int, std::time::Instant)>,
+}
+
+impl Drain {
+    /// True once the client has read everything (or stopped reading, or time is up); the
+    /// output fifos are then released, so the client sees EOF.
+    pub fn poll(&mut self) -> bool {
         let now = std::time::Instant::now();
-        if r != 0 || pending == 0 || now >= deadline {
-            return;
+        let late = now >= self.deadline;
+        if !self.console_done {
+            self.console_done = late
+                || match &self.io.output_done {
+                    Some(rx) => !matches!(
+                        rx.lock().unwrap_or_else(|p| p.into_inner()).try_recv(),
+                        Err(mpsc::TryRecvError::Empty)
+                    ),
+                    None => true,
+                };
+            if !self.console_done {
+                return false;
+            }
         }
-        if pending < last {
-            (last, since) = (pending, now);
-        } else if now.duration_since(since) >= STALL {
-            return;
+        self.outputs
+            .retain_mut(|(f, last, since)| match pending_bytes(f) {
+                Some(n) if n > 0 && !late => {
+                    if n < *last {
+                        (*last, *since) = (n, now);
+                        true
+                    } else {
+                        now.duration_since(*since) < DRAIN_STALL
+                    }
+                }
+                _ => false,
+            });
+        if !self.outputs.is_empty() {
+            return false;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        self.io
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        true
     }
 }
 
@@ -511,22 +556,21 @@ impl ProcessIo {
             .map_err(|e| Error::Internal(format!("resize terminal: {e}")))
     }
 
-    /// After the process exited: lets the terminal output reach containerd before the exit
-    /// is announced (bounded, in case a background process keeps the pty open).
-    /// Also waits until the client has read what the process wrote to its fifos, then
-    /// closes our handles so the client sees EOF.
-    pub fn wait_output(&self, timeout: Duration) {
-        if let Some(rx) = &self.output_done {
-            let _ = rx
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .recv_timeout(timeout);
+    /// After the process exited: stops the stdin copy and starts the wait until the client
+    /// has the last output, terminal or fifos (bounded by [`DRAIN_TIMEOUT`], in case a
+    /// background process keeps the pty open or nobody reads).
+    pub fn begin_drain(self: &Arc<Self>) -> Drain {
+        self.close_stdin();
+        let now = std::time::Instant::now();
+        let outputs = std::mem::take(&mut *self.outputs.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .map(|f| (f, libc::c_int::MAX, now))
+            .collect();
+        Drain {
+            io: self.clone(),
+            deadline: now + DRAIN_TIMEOUT,
+            console_done: false,
+            outputs,
         }
-        let outputs = std::mem::take(&mut *self.outputs.lock().unwrap_or_else(|p| p.into_inner()));
-        let deadline = std::time::Instant::now() + timeout;
-        for f in &outputs {
-            wait_drained(f, deadline);
-        }
-        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }

@@ -42,6 +42,15 @@ pub const SETTLE: Duration = Duration::from_secs(5);
 /// The shim binary built by cargo for this package.
 const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rs-v1");
 
+/// The shim under test: `SHIM_RS_SHIM_BIN` (another build, e.g. of an older commit, to
+/// reproduce a fault against it), else the one cargo built.
+fn shim_source() -> PathBuf {
+    std::env::var_os("SHIM_RS_SHIM_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SHIM_BIN))
+}
+
 /// The private containerd of this test process.
 #[derive(Debug)]
 pub struct Env {
@@ -94,6 +103,17 @@ static CRI_MODE: AtomicBool = AtomicBool::new(false);
 /// `SHIM_RS_CRI=1`); a test binary uses either this or [`env()`], not both.
 pub fn cri_env() -> &'static Env {
     CRI_MODE.store(true, Ordering::SeqCst);
+    env()
+}
+
+/// Set by [`debug_env()`]: this test binary's containerd logs at debug level.
+static DEBUG_LOG: AtomicBool = AtomicBool::new(false);
+
+/// The environment with containerd logging at debug level (it then logs every event a shim
+/// forwards, "event forwarded" with its topic and namespace); a test binary uses either this
+/// or [`env()`] first.
+pub fn debug_env() -> &'static Env {
+    DEBUG_LOG.store(true, Ordering::SeqCst);
     env()
 }
 
@@ -257,7 +277,8 @@ fn setup() -> Result<Env, String> {
     let owner = proc_identity(pid).unwrap_or_else(|| pid.to_string());
     fs::write(workdir.join("owner"), format!("{owner}\n")).map_err(|e| e.to_string())?;
     let shim_bin = bindir.join("containerd-shim-rs-v1");
-    fs::copy(SHIM_BIN, &shim_bin).map_err(|e| format!("copy {SHIM_BIN}: {e}"))?;
+    let source = shim_source();
+    fs::copy(&source, &shim_bin).map_err(|e| format!("copy {}: {e}", source.display()))?;
     let namespace = format!("shimrs-e2e-{pid}-{}", random_hex(2));
 
     // From here on the atexit hook owns the cleanup, whatever happens next.
@@ -266,36 +287,7 @@ fn setup() -> Result<Env, String> {
         libc::atexit(cleanup_at_exit);
     }
 
-    let (out, timed_out) = run_with_timeout(
-        Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(&workdir)
-            .arg(&bindir)
-            .env("CONTAINERD_NAMESPACE", &namespace)
-            .env(
-                "SHIM_RS_CRI",
-                if CRI_MODE.load(Ordering::SeqCst) {
-                    "1"
-                } else {
-                    "0"
-                },
-            ),
-        Duration::from_secs(180),
-    );
-    if timed_out || !out.status.success() {
-        return Err(format!(
-            "`containerd.sh start {}` failed ({}): {}{}",
-            workdir.display(),
-            if timed_out {
-                "timed out".to_string()
-            } else {
-                out.status.to_string()
-            },
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    start_containerd(&script, &workdir, &bindir, &namespace)?;
     let envfile = fs::read_to_string(workdir.join("env")).map_err(|e| format!("read env: {e}"))?;
     let kv: HashMap<&str, &str> = envfile.lines().filter_map(|l| l.split_once('=')).collect();
     if let Some(v) = kv.get("CONTAINERD_VERSION") {
@@ -318,6 +310,97 @@ fn setup() -> Result<Env, String> {
         bindir,
         script,
     })
+}
+
+/// `containerd.sh start WORKDIR BINDIR` with this binary's settings (namespace, CRI mode,
+/// log level); also what [`restart_containerd`] runs.
+fn start_containerd(
+    script: &Path,
+    workdir: &Path,
+    bindir: &Path,
+    namespace: &str,
+) -> Result<(), String> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(script)
+        .arg("start")
+        .arg(workdir)
+        .arg(bindir)
+        .env("CONTAINERD_NAMESPACE", namespace)
+        .env(
+            "SHIM_RS_CRI",
+            if CRI_MODE.load(Ordering::SeqCst) {
+                "1"
+            } else {
+                "0"
+            },
+        );
+    if DEBUG_LOG.load(Ordering::SeqCst) {
+        cmd.env("CONTAINERD_LOG_LEVEL", "debug");
+    }
+    let (out, timed_out) = run_with_timeout(&mut cmd, Duration::from_secs(180));
+    if timed_out || !out.status.success() {
+        return Err(format!(
+            "`containerd.sh start {}` failed ({}): {}{}",
+            workdir.display(),
+            if timed_out {
+                "timed out".to_string()
+            } else {
+                out.status.to_string()
+            },
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// The pid of this binary's containerd now (a restart changes it; `Env::containerd_pid` is
+/// the first one).
+pub fn containerd_pid() -> i32 {
+    let e = env();
+    fs::read_to_string(e.workdir.join("containerd.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(e.containerd_pid)
+}
+
+/// True while `pid` exists and is not a zombie (this VM's pid 1 reaps orphans late).
+pub fn pid_alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| {
+            let state = st[st.rfind(')')? + 2..].chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// Stops this binary's containerd with `signal` (SIGTERM: a clean shutdown; SIGKILL: a
+/// crash), runs `while_down`, and starts it again with the same config, root, state and
+/// sockets, as a host's service manager would. Shims and containers keep running meanwhile.
+/// Returns the new containerd's pid. Hold [`exclusive()`]: every other test loses its
+/// containerd for a while.
+pub fn restart_containerd(signal: i32, while_down: impl FnOnce()) -> i32 {
+    let e = env();
+    let pid = containerd_pid();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let config = format!("{}/config.toml", e.workdir.display());
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains(&config),
+        "pid {pid} is not this binary's containerd"
+    );
+    // SAFETY: kill(2) of the containerd this test binary started (checked above).
+    unsafe { libc::kill(pid, signal) };
+    assert!(
+        wait_until(Duration::from_secs(20), || !pid_alive(pid)),
+        "containerd {pid} still alive 20 s after signal {signal}"
+    );
+    while_down();
+    start_containerd(&e.script, &e.workdir, &e.bindir, &e.namespace)
+        .unwrap_or_else(|err| panic!("restart containerd: {err}"));
+    let new = containerd_pid();
+    assert_ne!(new, pid, "containerd was not restarted");
+    new
 }
 
 static CLEANUP: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
@@ -708,6 +791,31 @@ fn rooted_in(p: &ProcInfo, workdir: &str, self_mntns: &Option<String>) -> bool {
                 .any(|l| l.split(' ').nth(4) == Some("/") && l.contains(&prefix))
         })
         .unwrap_or(false)
+}
+
+/// Live shim processes of our containerd (daemons and launchers: argv has its `-address`).
+pub fn our_shims() -> Vec<i32> {
+    let address = &env().address;
+    processes()
+        .iter()
+        .filter(|p| is_our_shim(p, address))
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Live container processes of our containerd (chrooted under WORKDIR, or in a mount
+/// namespace whose root mount names WORKDIR), whatever their parent: "pid argv" each.
+pub fn our_container_processes() -> Vec<String> {
+    let e = env();
+    let workdir = e.workdir.to_string_lossy().into_owned();
+    let self_mntns = fs::read_link("/proc/self/ns/mnt")
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    processes()
+        .iter()
+        .filter(|p| !is_our_shim(p, &e.address) && rooted_in(p, &workdir, &self_mntns))
+        .map(|p| format!("{} {}", p.pid, p.argv.join(" ")))
+        .collect()
 }
 
 /// sha256 hex of a string, via sha256sum (coreutils).

@@ -11,8 +11,13 @@ TIMEOUT=${SHIM_RS_VM_SUITE_TIMEOUT:-900}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 
 say() { echo "=== [vm $MODE] $*"; }
-# Every cgroup directory but the systemd units' own (in systemd mode, services come and go).
-cgroups() { find /sys/fs/cgroup -mindepth 1 -type d ! -name '*.service' | sort; }
+# Every cgroup directory but the systemd units' own (in systemd mode, services come and go)
+# and the kubelet's QoS slices: systemd makes them as the parents of a pod's slice and keeps
+# them, as on a node, where the kubelet owns them (pod slices and scopes are still checked).
+cgroups() {
+    find /sys/fs/cgroup -mindepth 1 -type d ! -name '*.service' ! -name kubepods.slice \
+        ! -name kubepods-besteffort.slice ! -name kubepods-burstable.slice | sort
+}
 # What a test run may leave behind on the machine, one line each.
 state() {
     grep -E 'shim-rs-e2e|/run/containerd|/run/netns|/var/lib/containerd/' /proc/self/mountinfo | sed 's/^/mount: /'

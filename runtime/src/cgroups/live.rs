@@ -291,7 +291,8 @@ mod tests {
             fs::write(dir.join(f), "").unwrap();
         }
         fs::write(dir.join("memory.current"), "5000000\n").unwrap();
-        fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        // Empty, as a new container's cgroup is before its init joins.
+        fs::write(dir.join("cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
         let mut layout = Layout::parse(&format!(
             "35 30 0:31 / {} rw - cgroup2 cgroup2 rw\n",
             root.display()
@@ -337,7 +338,7 @@ mod tests {
         assert_eq!(
             contents(&dir),
             expect(&[
-                ("cgroup.events", "populated 1\nfrozen 0\n"),
+                ("cgroup.events", "populated 0\nfrozen 0\n"),
                 ("cgroup.freeze", ""),
                 ("cpu.max", "50000 100000"),
                 ("cpu.weight", "39"),

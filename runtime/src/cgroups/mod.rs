@@ -500,14 +500,63 @@ fn enable_controllers(root: &Path, dir: &Path) {
 }
 
 /// Creates the cgroups and writes the device rules and resource limits. Cheap: no process
-/// moves yet (see [`join`]). With the systemd driver the cgroup exists only once systemd has
+/// moves yet (see [`join`]). On an error nothing of it is left, and nothing is killed. With the systemd driver the cgroup exists only once systemd has
 /// made the scope, which needs the init's pid: here we only check that systemd can be asked
 /// (so a host without it fails before anything is made), and [`join`] does the rest.
 pub fn create(plan: &CgroupPlan) -> Result<()> {
     if plan.systemd.is_some() {
+        // systemd refuses to start a scope unit that exists already.
         return systemd::check_reachable();
     }
-    make_and_limit(plan)
+    refuse_populated(plan)?;
+    make_and_limit(plan).inspect_err(|_| {
+        // No process is in them yet: removing the directories is all there is to undo
+        // (never a kill, whatever `destroy` would do).
+        for dir in plan.dirs.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    })
+}
+
+/// A cgroup that already holds processes, in it or below it, is someone else's: a container
+/// there would take them down with it (Delete and kill-all kill everything in the
+/// container's cgroup). Refused, as runc (1.2 and later) does. A pod's containers are not
+/// affected: each gets a cgroup of its own below the pod's (CRI's cgroupsPath is
+/// `<pod cgroup>/<container id>`), and the pod's own cgroup holds no processes.
+fn refuse_populated(plan: &CgroupPlan) -> Result<()> {
+    for dir in plan.dirs.iter().filter(|d| d.is_dir()) {
+        let populated = match fs::read_to_string(dir.join("cgroup.events")) {
+            // cgroup v2 counts the whole subtree for us.
+            Ok(events) => events.lines().any(|l| l.trim() == "populated 1"),
+            Err(_) => tree_has_processes(dir, 0),
+        };
+        if populated {
+            return Err(Error::invalid(
+                "linux.cgroupsPath",
+                format!(
+                    "cgroup {} is not empty: it (or a cgroup below it) holds processes that \
+                     are not this container's",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the v1 cgroup `dir` or one below it (to a sane depth) has a process.
+fn tree_has_processes(dir: &Path, depth: usize) -> bool {
+    let own = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    if !own.trim().is_empty() {
+        return true;
+    }
+    depth < 32
+        && fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .any(|e| tree_has_processes(&e.path(), depth + 1))
+        })
 }
 
 /// The directories, controllers, cpuset, device rules and limit files of `plan`.
@@ -561,6 +610,10 @@ fn apply_writes(writes: &[CgroupWrite]) -> Result<()> {
 /// the container's one directory, opened. None where the container spans v1 hierarchies too;
 /// its processes are moved with [`join`] then.
 pub fn open_birth_cgroup(plan: &CgroupPlan) -> Result<Option<std::os::fd::OwnedFd>> {
+    // A transient scope exists only once systemd has a process to put in it.
+    if plan.systemd.is_some() {
+        return Ok(None);
+    }
     let (Some(root), [dir]) = (&plan.unified_root, &plan.dirs[..]) else {
         return Ok(None);
     };
@@ -631,8 +684,18 @@ pub fn pids(plan: &CgroupPlan) -> Vec<i32> {
 }
 
 /// Sends `signal` to every process in the container's cgroup; processes already gone are
-/// fine.
+/// fine. SIGKILL goes through cgroup.kill where cgroup v2 has it (Linux 5.14): the kernel
+/// kills exactly the cgroup's processes, new forks included, with no pid read in between.
 pub fn kill_all(plan: &CgroupPlan, signal: i32) {
+    if signal == libc::SIGKILL {
+        let unified = plan
+            .dirs
+            .iter()
+            .find(|d| plan.unified_root.as_ref().is_some_and(|r| d.starts_with(r)));
+        if unified.is_some_and(|d| write_file(&d.join("cgroup.kill"), "1").is_ok()) {
+            return;
+        }
+    }
     for pid in pids(plan) {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe { libc::kill(pid, signal) };
@@ -880,6 +943,29 @@ mod tests {
             serde_json::from_str(r#"{"resources":{"memory":{"swappiness":10}}}"#).unwrap();
         let e = plan_cgroup(&bad, "c", &[], &l).unwrap_err().to_string();
         assert!(e.contains("linux.resources.memory.swappiness"), "{e}");
+        // unified may set limits on the container's subtree, never the core files that move
+        // processes or change the hierarchy.
+        for key in [
+            "cgroup.procs",
+            "cgroup.threads",
+            "cgroup.subtree_control",
+            "cgroup.type",
+            "cgroup.freeze",
+            "cgroup.kill",
+        ] {
+            let core: Linux =
+                serde_json::from_value(serde_json::json!({"resources": {"unified": {key: "1"}}}))
+                    .unwrap();
+            let e = plan_cgroup(&core, "c", &[], &l).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("linux.resources.unified.{key}")) && e.contains("core file"),
+                "{e}"
+            );
+        }
+        let limit: Linux =
+            serde_json::from_str(r#"{"resources":{"unified":{"cgroup.max.descendants":"5"}}}"#)
+                .unwrap();
+        assert!(plan_cgroup(&limit, "c", &[], &l).is_ok());
     }
 
     #[test]

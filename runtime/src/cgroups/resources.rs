@@ -430,6 +430,19 @@ impl Planner<'_> {
             if key.contains('/') || key.starts_with('.') || !key.contains('.') {
                 return Err(Error::invalid(field, "not a cgroup v2 file name"));
             }
+            if key.starts_with("cgroup.") && !UNIFIED_CORE_LIMITS.contains(&key.as_str()) {
+                // cgroup.procs or cgroup.threads would move any process of the host into
+                // the container's cgroup (where its teardown kills it); subtree_control,
+                // type, freeze or kill act on the hierarchy and the container's life.
+                return Err(Error::invalid(
+                    field,
+                    format!(
+                        "{key} is a cgroup core file the runtime manages; of those, only {} \
+                         may be set",
+                        UNIFIED_CORE_LIMITS.join(", ")
+                    ),
+                ));
+            }
             let controller = key.split('.').next().unwrap_or_default();
             let Some(h) = self.layout.hierarchies.iter().find(|h| {
                 h.unified
@@ -446,6 +459,14 @@ impl Planner<'_> {
         Ok(())
     }
 }
+
+/// The cgroup core files (`cgroup.*`) that `unified` may set: limits on the container's own
+/// subtree, nothing that moves processes or changes the hierarchy.
+const UNIFIED_CORE_LIMITS: [&str; 3] = [
+    "cgroup.max.depth",
+    "cgroup.max.descendants",
+    "cgroup.pressure",
+];
 
 /// runc's mapping of cpu.shares (2..262144) onto cpu.weight (1..10000).
 pub fn shares_to_weight(shares: u64) -> u64 {

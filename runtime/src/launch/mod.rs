@@ -9,16 +9,32 @@
 
 pub mod channel;
 pub mod init;
+pub mod pidfd;
+pub mod sealed_exe;
 pub mod spawn;
 pub mod zygote;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
 use self::channel::Channel;
-pub use self::zygote::{Exit, ExitChannel, Zygote};
+pub use self::{
+    pidfd::Pidfd,
+    zygote::{Exit, ExitChannel, ExitReport, Zygote},
+};
 use crate::{plan::seccomp::ListenerPlan, seccomp, Error, Result};
+
+/// For the fuzz target fuzz/fuzz_targets/launch_channel.rs: `bytes` arrives as one packet on
+/// a channel and is received as each message the shim, the launcher, its namespace helpers
+/// and the inits exchange, as each receiving side does. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_channel_packet(bytes: &[u8]) {
+    zygote::fuzz_receive(bytes);
+}
 
 /// init -> shim.
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,6 +68,8 @@ pub enum ShimMessage {
 #[derive(Debug)]
 pub struct Launched {
     pub pid: i32,
+    /// The process, whatever its pid comes to mean later.
+    pub pidfd: Arc<Pidfd>,
     /// Born in the cgroup v2 directory the launch asked for (clone3 CLONE_INTO_CGROUP); false
     /// when none was asked or the kernel cannot, and then the caller moves the process.
     pub in_cgroup: bool,
@@ -61,9 +79,10 @@ pub struct Launched {
 }
 
 impl Launched {
-    fn new(pid: i32, channel: Channel, plan: &crate::plan::LaunchPlan) -> Self {
+    fn new(pid: i32, pidfd: Arc<Pidfd>, channel: Channel, plan: &crate::plan::LaunchPlan) -> Self {
         Launched {
             pid,
+            pidfd,
             in_cgroup: false,
             channel,
             seccomp_listener: plan.seccomp.as_ref().and_then(|s| s.listener.clone()),
@@ -111,14 +130,14 @@ impl Launched {
                         Error::Other("container init asked for its cgroup twice".into())
                     })?;
                     join()?;
-                    self.channel.send(&ShimMessage::CgroupReady, &[])?;
+                    self.send_to_init(&ShimMessage::CgroupReady, "during setup")?;
                 }
                 Some((InitMessage::RunCreateHooks, _)) => {
                     let run = create_hooks.take().ok_or_else(|| {
                         Error::Other("container init asked for the create hooks twice".into())
                     })?;
                     run()?;
-                    self.channel.send(&ShimMessage::CreateHooksDone, &[])?;
+                    self.send_to_init(&ShimMessage::CreateHooksDone, "during setup")?;
                 }
                 Some((InitMessage::Failed { error }, _)) => return Err(Error::Init(error)),
                 Some((m, _)) => {
@@ -136,14 +155,34 @@ impl Launched {
         }
     }
 
+    /// A send that fails because the init is gone (killed, crashed) says so.
+    fn send_to_init(&self, msg: &ShimMessage, when: &str) -> Result<()> {
+        self.channel.send(msg, &[]).map_err(|e| {
+            let gone = matches!(
+                e,
+                Error::Sys {
+                    source: nix::Error::EPIPE | nix::Error::ECONNRESET,
+                    ..
+                }
+            );
+            if gone || !self.pidfd.is_alive() {
+                Error::Init(format!(
+                    "container init (pid {}) exited {when} ({e})",
+                    self.pid
+                ))
+            } else {
+                e
+            }
+        })
+    }
+
     /// Lets the init exec the user's program; returns once the exec has happened. On an
     /// error the init has exited or is being killed.
     pub fn start(self) -> Result<()> {
-        self.channel.send(&ShimMessage::Start, &[])?;
+        self.send_to_init(&ShimMessage::Start, "before Start")?;
         // A failed seccomp hand-off leaves the init waiting for a confirmation: end it.
         let kill = |e: Error| {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let _ = self.pidfd.signal(libc::SIGKILL);
             e
         };
         match self.recv("created").map_err(kill)? {

@@ -3,13 +3,18 @@
 use std::{
     collections::HashSet,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use nix::sys::signal::{SigSet, Signal};
 use serde::{Deserialize, Serialize};
 
-use super::{channel::Channel, init, spawn, Launched};
+use super::{
+    channel::{Channel, Received},
+    init,
+    pidfd::Pidfd,
+    spawn, Launched,
+};
 use crate::{
     namespaces::user,
     plan::{idmap::IdMappings, LaunchPlan},
@@ -19,10 +24,13 @@ use crate::{
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
     /// Comes with the init's stdin, stdout and stderr, then (with `into_cgroup`) the cgroup
-    /// v2 directory the init is to be born in.
+    /// v2 directory the init is to be born in, then (with `enter`) the pidfd of the live
+    /// init whose namespaces an exec enters.
     Launch {
         plan: Box<LaunchPlan>,
         into_cgroup: bool,
+        #[serde(default)]
+        enter: bool,
     },
     /// A user namespace with these maps, for idmapped mounts the shim makes itself (the
     /// rootfs containerd prepares); `field` names where the maps come from.
@@ -41,7 +49,7 @@ pub struct Exit {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
-    /// Comes with one descriptor: the shim's end of the init's channel.
+    /// Comes with two descriptors: the shim's end of the init's channel, a pidfd of it.
     Launched {
         pid: i32,
         /// Born in the cgroup it was sent: no move needed.
@@ -63,12 +71,13 @@ pub struct Zygote {
 }
 
 impl Zygote {
-    /// Forks the launcher.
+    /// Forks the launcher. It keeps stdio, its two channels and `keep` (the shim's log:
+    /// the launcher and the processes it clones log through it until they exec).
     ///
     /// # Safety
     /// The calling process must be single-threaded: the launcher relies on having been
     /// forked from a process whose locks and allocator state no other thread could hold.
-    pub unsafe fn spawn() -> Result<Zygote> {
+    pub unsafe fn spawn(keep: &[std::os::fd::RawFd]) -> Result<Zygote> {
         let (shim_end, zygote_end) = Channel::pair()?;
         let (exits_shim_end, exits_zygote_end) = Channel::pair()?;
         let parent = std::process::id() as i32;
@@ -77,6 +86,12 @@ impl Zygote {
             nix::unistd::ForkResult::Child => {
                 drop(shim_end);
                 drop(exits_shim_end);
+                // Nothing of the daemon's but stdio and our two channels: not its ttrpc
+                // listening socket, not its working directory.
+                let mut kept = vec![zygote_end.as_raw_fd(), exits_zygote_end.as_raw_fd()];
+                kept.extend_from_slice(keep);
+                close_all_but(&kept);
+                let _ = std::env::set_current_dir("/");
                 serve(zygote_end, exits_zygote_end, parent)
             }
             nix::unistd::ForkResult::Parent { child } => Ok(Zygote {
@@ -101,39 +116,51 @@ impl Zygote {
     }
 
     /// Clones a new container init for `plan` with the given stdio, born in the cgroup v2
-    /// directory `cgroup` where the kernel can (see [`Launched::in_cgroup`]). `register` runs
-    /// with the new pid before any other launch can happen, so the caller can record the pid
-    /// before a reused pid could ever be reported.
+    /// directory `cgroup` where the kernel can (see [`Launched::in_cgroup`]); an exec enters
+    /// the namespaces of the live init `enter` (its pidfd). `register` runs with the new
+    /// process before any other launch can happen, so the caller can record it before a
+    /// reused pid could ever be reported.
     pub fn launch(
         &self,
         plan: &LaunchPlan,
         stdio: [BorrowedFd<'_>; 3],
         cgroup: Option<BorrowedFd<'_>>,
-        register: impl FnOnce(i32),
+        enter: Option<BorrowedFd<'_>>,
+        register: impl FnOnce(i32, &Arc<Pidfd>),
     ) -> Result<Launched> {
         let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
         let fds: Vec<_> = stdio
             .iter()
             .chain(cgroup.as_ref())
+            .chain(enter.as_ref())
             .map(|f| f.as_raw_fd())
             .collect();
-        channel.send(
-            &Request::Launch {
-                plan: Box::new(plan.clone()),
-                into_cgroup: cgroup.is_some(),
-            },
-            &fds,
-        )?;
-        match channel.recv::<Reply>()? {
-            Some((Reply::Launched { pid, in_cgroup }, mut fds)) if fds.len() == 1 => {
-                register(pid);
-                let mut launched = Launched::new(pid, Channel::from(fds.pop().unwrap()), plan);
+        channel
+            .send(
+                &Request::Launch {
+                    plan: Box::new(plan.clone()),
+                    into_cgroup: cgroup.is_some(),
+                    enter: enter.is_some(),
+                },
+                &fds,
+            )
+            .map_err(|e| launcher_gone(&e))?;
+        match channel.recv::<Reply>().map_err(|e| launcher_gone(&e))? {
+            Some((Reply::Launched { pid, in_cgroup }, mut fds)) if fds.len() == 2 => {
+                let pidfd = Arc::new(Pidfd::new(fds.pop().expect("two descriptors")));
+                register(pid, &pidfd);
+                let mut launched = Launched::new(
+                    pid,
+                    pidfd,
+                    Channel::from(fds.pop().expect("two descriptors")),
+                    plan,
+                );
                 launched.in_cgroup = in_cgroup;
                 Ok(launched)
             }
             Some((Reply::Failed { error }, _)) => Err(Error::Init(error)),
             Some(_) => Err(Error::Other("launcher sent a malformed reply".into())),
-            None => Err(Error::Other("the launcher process is gone".into())),
+            None => Err(launcher_gone(&"it closed its channel")),
         }
     }
 }
@@ -150,13 +177,47 @@ impl Zygote {
             },
             &[],
         )?;
-        match channel.recv::<Reply>()? {
+        match channel.recv::<Reply>().map_err(|e| launcher_gone(&e))? {
             Some((Reply::UserNamespace, mut fds)) if fds.len() == 1 => Ok(fds.pop().unwrap()),
             Some((Reply::Failed { error }, _)) => Err(Error::Init(error)),
             Some(_) => Err(Error::Other("launcher sent a malformed reply".into())),
-            None => Err(Error::Other("the launcher process is gone".into())),
+            None => Err(launcher_gone(&"it closed its channel")),
         }
     }
+}
+
+/// What [`ExitChannel::try_recv`] found.
+#[derive(Debug)]
+pub enum ExitReport {
+    Exit(Exit),
+    /// No exit to report now.
+    Nothing,
+    /// The channel is closed: the launcher died.
+    LauncherGone,
+}
+
+fn launcher_gone(why: &dyn std::fmt::Display) -> Error {
+    Error::Other(format!(
+        "the launcher process is gone ({why}): this shim can start no process any more"
+    ))
+}
+
+/// The fuzz target of the launcher protocol (see [`super::fuzz_channel_packet`]).
+pub(super) fn fuzz_receive(bytes: &[u8]) {
+    fn one<T: serde::de::DeserializeOwned>(bytes: &[u8]) {
+        let Ok((a, b)) = Channel::pair() else {
+            return;
+        };
+        if a.send_bytes(bytes, &[]).is_ok() {
+            let _ = b.recv::<T>();
+        }
+    }
+    one::<Request>(bytes);
+    one::<Reply>(bytes);
+    one::<super::InitMessage>(bytes);
+    one::<super::ShimMessage>(bytes);
+    one::<Exit>(bytes);
+    one::<std::result::Result<(i32, bool), String>>(bytes);
 }
 
 /// The shim's end of the exit channel.
@@ -171,12 +232,62 @@ impl ExitChannel {
             _ => None,
         }
     }
+
+    /// The next exit if one is there, without blocking.
+    pub fn try_recv(&self) -> ExitReport {
+        match self.0.try_recv::<Exit>() {
+            Ok(Received::Message(exit, _)) => ExitReport::Exit(exit),
+            Ok(Received::Empty) => ExitReport::Nothing,
+            Ok(Received::Closed) | Err(_) => ExitReport::LauncherGone,
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for ExitChannel {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
 }
 
 impl From<OwnedFd> for Channel {
     fn from(fd: OwnedFd) -> Self {
         Channel::from_fd(fd)
     }
+}
+
+/// Closes every descriptor from 3 up except `keep`.
+fn close_all_but(keep: &[i32]) {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for k in keep.into_iter().filter(|k| *k >= 3).map(|k| k as u32) {
+        if k > from {
+            // SAFETY: close_range on descriptors of our own process.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) };
+        }
+        from = k + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+}
+
+/// A pidfd of the launcher itself, which every process it clones inherits: their way to
+/// learn that it died before they set their death signal.
+static LAUNCHER: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// In a process the launcher cloned: whether the launcher is still alive (a pidfd becomes
+/// readable when its process exits). True where there is no launcher to ask.
+pub(crate) fn launcher_alive() -> bool {
+    let Some(fd) = LAUNCHER.get() else {
+        return true;
+    };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd without waiting.
+    unsafe { libc::poll(&mut p, 1, 0) == 0 }
 }
 
 fn set_name(name: &[u8]) {
@@ -199,6 +310,18 @@ fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
         std::process::exit(0);
     }
     set_name(b"shim-rs-launch\0");
+    // Opened here, in the host's mount namespace, and inherited by every process we clone:
+    // their only way to their own /proc files (see `procfs`).
+    if crate::procfs::handle().is_err() {
+        std::process::exit(1);
+    }
+    // SAFETY: pidfd_open of ourselves; the result is a new descriptor or an error.
+    let me = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0) };
+    if me >= 0 {
+        // SAFETY: a new descriptor nothing else owns (close-on-exec: see below).
+        let me = unsafe { OwnedFd::from_raw_fd(me as i32) };
+        let _ = LAUNCHER.set(me);
+    }
     let sigchld = match child_signal_fd() {
         Ok(fd) => fd,
         Err(_) => std::process::exit(1),
@@ -231,18 +354,30 @@ fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
         let reply = match channel.recv::<Request>() {
             Ok(None) => std::process::exit(0),
             Err(e) => Err(e),
-            Ok(Some((Request::Launch { plan, into_cgroup }, fds))) => {
-                launch(&plan, fds, into_cgroup).map(|(pid, in_cgroup, ch)| {
-                    launched.insert(pid);
-                    (Reply::Launched { pid, in_cgroup }, ch.into_fd())
-                })
-            }
+            Ok(Some((
+                Request::Launch {
+                    plan,
+                    into_cgroup,
+                    enter,
+                },
+                fds,
+            ))) => launch(&plan, fds, into_cgroup, enter).map(|(born, ch)| {
+                launched.insert(born.pid);
+                let reply = Reply::Launched {
+                    pid: born.pid,
+                    in_cgroup: born.in_cgroup,
+                };
+                (reply, vec![ch.into_fd(), born.pidfd])
+            }),
             Ok(Some((Request::UserNamespace { mappings, field }, _))) => {
-                user::userns_fd(&mappings, &field).map(|ns| (Reply::UserNamespace, ns))
+                user::userns_fd(&mappings, &field).map(|ns| (Reply::UserNamespace, vec![ns]))
             }
         };
         let sent = match reply {
-            Ok((reply, fd)) => channel.send(&reply, &[fd.as_raw_fd()]),
+            Ok((reply, fds)) => {
+                let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                channel.send(&reply, &raw)
+            }
             Err(e) => channel.send(
                 &Reply::Failed {
                     error: e.to_string(),
@@ -317,22 +452,31 @@ fn launch(
     plan: &LaunchPlan,
     mut fds: Vec<OwnedFd>,
     into_cgroup: bool,
-) -> Result<(i32, bool, Channel)> {
-    let expected = 3 + usize::from(into_cgroup);
+    enter: bool,
+) -> Result<(spawn::Born, Channel)> {
+    let expected = 3 + usize::from(into_cgroup) + usize::from(enter);
     if fds.len() != expected {
         return Err(Error::Other(format!(
             "launch request carried {} descriptors, not {expected}",
             fds.len()
         )));
     }
+    let enter = if enter { fds.pop() } else { None };
     let cgroup = if into_cgroup { fds.pop() } else { None };
     let stdio = fds;
+    // Decided here, on the host's /sys, never on a container's.
+    crate::kernel::check_lsm_labels(&plan.kernel)?;
     let (shim_end, init_end) = Channel::pair()?;
     let mut shim_end = Some(shim_end);
-    let (pid, in_cgroup) = spawn::spawn(plan, cgroup.as_ref().map(|c| c.as_fd()), |launcher| {
-        drop(shim_end.take());
-        init::run(plan, init_end, stdio, launcher)
-    })?;
+    let born = spawn::spawn(
+        plan,
+        cgroup.as_ref().map(|c| c.as_fd()),
+        enter.as_ref().map(|e| e.as_fd()),
+        |launcher| {
+            drop(shim_end.take());
+            init::run(plan, init_end, stdio, launcher)
+        },
+    )?;
     let shim_end = shim_end.expect("only the init takes it");
-    Ok((pid, in_cgroup, shim_end))
+    Ok((born, shim_end))
 }

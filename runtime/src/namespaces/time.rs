@@ -19,9 +19,11 @@ pub fn create(offsets: &[TimeOffset]) -> Result<()> {
         return Ok(());
     }
     // The file names the namespace of our children-to-be, the one just created.
-    std::fs::write("/proc/self/timens_offsets", timens_offsets_text(offsets)).map_err(|e| {
-        Error::Init(format!(
-            "linux.timeOffsets: write /proc/self/timens_offsets: {e}"
-        ))
-    })
+    crate::procfs::handle()?
+        .write_self("timens_offsets", &timens_offsets_text(offsets))
+        .map_err(|e| {
+            Error::Init(format!(
+                "linux.timeOffsets: write /proc/self/timens_offsets: {e}"
+            ))
+        })
 }

@@ -1,30 +1,23 @@
 //! User namespaces. The maps of a new user namespace are written from outside, by the
 //! launcher in the parent namespace: the init cannot map ids it does not own, so it waits
-//! until they are written and then becomes root of its namespace. Also here: what changes for
-//! the init inside a user namespace (device nodes), and the user namespaces that idmapped
-//! mounts are made with.
+//! until they are written and then becomes root of its namespace. Also here: the user
+//! namespaces that idmapped mounts are made with.
 
 use std::{
-    ffi::OsStr,
-    fs::{self, File},
-    io::{self, Read, Write},
-    os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
-        unix::fs::OpenOptionsExt,
-    },
-    path::Path,
+    fs::File,
+    io::{Read, Write},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 
 use crate::{
     launch::spawn::clone,
-    mountapi::{self, RESOLVE_NO_SYMLINKS},
     plan::{
         idmap::{map_file_text, parse_map_file, same_ranges, IdMapping, IdMappings},
-        DeviceNode, NamespaceKind, NamespacePlan,
+        NamespaceKind, NamespacePlan,
     },
-    rootdir, Error, Result,
+    procfs, Error, Result,
 };
 
 /// Writes the maps of the user namespace of `pid`; `field` names the spec field they come
@@ -34,9 +27,10 @@ use crate::{
 /// accepts a gid_map only with setgroups(2) disabled. As root we leave setgroups allowed, so
 /// that the init can set the spec's additionalGids.
 pub fn write_mappings(pid: i32, mappings: &IdMappings, field: &str) -> Result<()> {
+    let proc = procfs::handle()?;
     let write = |file: &str, text: &str, what: &str| {
-        let path = format!("/proc/{pid}/{file}");
-        fs::write(&path, text).map_err(|e| Error::Init(format!("{what}: write {path}: {e}")))
+        proc.write_pid(pid, file, text)
+            .map_err(|e| Error::Init(format!("{what}: write /proc/{pid}/{file}: {e}")))
     };
     if nix::unistd::geteuid().as_raw() != 0 {
         write("setgroups", "deny", field)?;
@@ -89,11 +83,12 @@ pub fn map_init(pid: i32, mappings: &IdMappings, sender: OwnedFd) -> Result<()> 
         .map_err(|e| Error::Init(format!("tell the init its user namespace is mapped: {e}")))
 }
 
-/// Reads /proc/self/<file> (uid_map or gid_map) of a joined user namespace and compares it with
-/// what the spec says it should be.
+/// Reads /proc/self/<file> (uid_map or gid_map) of a joined user namespace, through the
+/// launcher's procfs handle, and compares it with what the spec says it should be.
 fn check_joined(file: &str, want: &[IdMapping], field: &str) -> Result<()> {
-    let path = format!("/proc/self/{file}");
-    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = procfs::handle()?
+        .read_self(file)
+        .map_err(|e| Error::Init(format!("{field}: read /proc/self/{file}: {e}")))?;
     match parse_map_file(&text) {
         Some(have) if same_ranges(&have, want) => Ok(()),
         _ => Err(Error::invalid(
@@ -143,37 +138,13 @@ pub fn become_root(plan: &NamespacePlan) -> Result<()> {
     Ok(())
 }
 
-/// Whether setgroups(2) works in our user namespace ("deny" in /proc/self/setgroups when not).
+/// Whether setgroups(2) works in our user namespace ("deny" in /proc/self/setgroups when
+/// not), read through the launcher's procfs handle.
 pub fn setgroups_allowed() -> bool {
-    fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() != "deny")
-}
-
-/// Inside a user namespace mknod(2) is refused (and a node on a filesystem mounted there would
-/// not open): the device is the host's node at the same path, bound onto an empty file `name`
-/// made in `dir`, as runc does. The host node must be the device the spec asks for; its owner
-/// and mode stay the host's.
-pub fn bind_host_device(dir: BorrowedFd<'_>, name: &OsStr, d: &DeviceNode) -> io::Result<()> {
-    // O_PATH: the host node is only looked at and bound, never opened as a device.
-    let source = File::options()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-        .open(&d.path)
-        .map_err(|e| io::Error::new(e.kind(), format!("the host's {}: {e}", d.path.display())))?;
-    let st = rootdir::fstat(source.as_fd())?;
-    let want = libc::makedev(d.major as u32, d.minor as u32);
-    if st.st_mode & libc::S_IFMT != d.kind || (d.kind != libc::S_IFIFO && st.st_rdev != want) {
-        return Err(io::Error::other(format!(
-            "devices are bound from the host in a user namespace, and the host's {} is not \
-             device {}:{}",
-            d.path.display(),
-            d.major,
-            d.minor
-        )));
-    }
-    rootdir::mknodat(dir, name, libc::S_IFREG, 0)?;
-    let target = mountapi::openat2(dir, Path::new(name), libc::O_PATH, 0, RESOLVE_NO_SYMLINKS)?;
-    let tree = mountapi::clone_tree(Path::new(&mountapi::proc_fd_path(source.as_fd())), false)?;
-    mountapi::move_mount_to_fd(tree.as_fd(), target.as_fd())
+    procfs::handle()
+        .ok()
+        .and_then(|p| p.read_self("setgroups").ok())
+        .is_none_or(|s| s.trim() != "deny")
 }
 
 /// A user namespace with these maps, kept by descriptor (for MOUNT_ATTR_IDMAP). Made by a

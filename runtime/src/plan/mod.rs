@@ -62,9 +62,29 @@ pub struct LaunchPlan {
     pub exec: bool,
 }
 
-/// The plan for an exec: process `process` joins every namespace of the container whose init
+/// An exec's process, planned when the exec is added: the process part, and its own LSM
+/// labels (the container's apply where it names none, as with runc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecProcessPlan {
+    pub process: ProcessPlan,
+    pub apparmor_profile: Option<String>,
+    pub selinux_label: Option<String>,
+}
+
+/// Plans the process spec of an exec request.
+pub fn plan_exec_process(p: &oci_spec::runtime::Process) -> Result<ExecProcessPlan> {
+    let label = |l: &Option<String>| l.clone().filter(|s| !s.is_empty());
+    Ok(ExecProcessPlan {
+        process: process::plan_process(p)?,
+        apparmor_profile: label(p.apparmor_profile()),
+        selinux_label: label(p.selinux_label()),
+    })
+}
+
+/// The plan for an exec: process `exec` joins every namespace of the container whose init
 /// is `init_pid` and its cgroup.
-pub fn exec_plan(container: &LaunchPlan, init_pid: i32, process: ProcessPlan) -> LaunchPlan {
+pub fn exec_plan(container: &LaunchPlan, init_pid: i32, exec: &ExecProcessPlan) -> LaunchPlan {
+    let process = exec.process.clone();
     let kinds = container
         .namespaces
         .create
@@ -101,11 +121,17 @@ pub fn exec_plan(container: &LaunchPlan, init_pid: i32, process: ProcessPlan) ->
             ..Default::default()
         },
         // Container-wide settings stay as the init left them; the process-level ones
-        // (personality, LSM labels) follow the container's.
+        // follow the container's (personality), or the exec's own (LSM labels).
         kernel: KernelPlan {
             personality: container.kernel.personality,
-            apparmor_profile: container.kernel.apparmor_profile.clone(),
-            selinux_label: container.kernel.selinux_label.clone(),
+            apparmor_profile: exec
+                .apparmor_profile
+                .clone()
+                .or_else(|| container.kernel.apparmor_profile.clone()),
+            selinux_label: exec
+                .selinux_label
+                .clone()
+                .or_else(|| container.kernel.selinux_label.clone()),
             ..Default::default()
         },
         no_pivot_root: container.no_pivot_root,
@@ -428,7 +454,15 @@ mod tests {
         let spec: Spec = serde_json::from_value(v).unwrap();
         let mut c = build(&spec, Path::new("/b"), "c", &layout()).unwrap();
         c.namespaces.create.push(NamespaceKind::User); // as if the spec had a user namespace
-        let e = exec_plan(&c, 42, c.process.clone());
+        let exec = ExecProcessPlan {
+            process: c.process.clone(),
+            apparmor_profile: Some("exec-profile".into()),
+            selinux_label: None,
+        };
+        c.kernel.selinux_label = Some("container-label".into());
+        let e = exec_plan(&c, 42, &exec);
+        assert_eq!(e.kernel.apparmor_profile.as_deref(), Some("exec-profile"));
+        assert_eq!(e.kernel.selinux_label.as_deref(), Some("container-label"));
         assert!(e.exec && e.namespaces.create.is_empty());
         let joins: Vec<_> = e
             .namespaces

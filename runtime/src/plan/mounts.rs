@@ -10,10 +10,66 @@ use super::{
     cgroupfs::CgroupFs,
     idmap::{self, MountIdmap},
 };
-use crate::{
-    mountapi::{self, MountAttr},
-    Error, Result,
-};
+use crate::{Error, Result};
+
+/// mount_setattr(2) attributes (`MOUNT_ATTR_*` of <linux/mount.h>): the values the plan
+/// speaks in; rootfs::mount hands them to the kernel.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+pub const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x0000_0008;
+pub const MOUNT_ATTR_ATIME: u64 = 0x0000_0070;
+pub const MOUNT_ATTR_RELATIME: u64 = 0x0000_0000;
+pub const MOUNT_ATTR_NOATIME: u64 = 0x0000_0010;
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x0000_0020;
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x0000_0080;
+pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// Mount attributes to set and clear with mount_setattr(2) (`MOUNT_ATTR_*`). Changing the
+/// atime mode needs `clear` to hold all of [`MOUNT_ATTR_ATIME`] and `set` one mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountAttr {
+    pub set: u64,
+    pub clear: u64,
+}
+
+impl MountAttr {
+    pub fn is_empty(&self) -> bool {
+        self.set == 0 && self.clear == 0
+    }
+
+    /// The attributes matching mount(2) flags (ro, nosuid, nodev, noexec, atime, nosymfollow).
+    pub fn from_ms_flags(flags: u64) -> MountAttr {
+        let mut a = MountAttr::default();
+        for (ms, attr) in [
+            (libc::MS_RDONLY, MOUNT_ATTR_RDONLY),
+            (libc::MS_NOSUID, MOUNT_ATTR_NOSUID),
+            (libc::MS_NODEV, MOUNT_ATTR_NODEV),
+            (libc::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+            (libc::MS_NODIRATIME, MOUNT_ATTR_NODIRATIME),
+            (libc::MS_NOSYMFOLLOW, MOUNT_ATTR_NOSYMFOLLOW),
+        ] {
+            if flags & ms != 0 {
+                a.set |= attr;
+            }
+        }
+        let atime = if flags & libc::MS_NOATIME != 0 {
+            Some(MOUNT_ATTR_NOATIME)
+        } else if flags & libc::MS_STRICTATIME != 0 {
+            Some(MOUNT_ATTR_STRICTATIME)
+        } else if flags & libc::MS_RELATIME != 0 {
+            Some(MOUNT_ATTR_RELATIME)
+        } else {
+            None
+        };
+        if let Some(mode) = atime {
+            a.set |= mode;
+            a.clear |= MOUNT_ATTR_ATIME;
+        }
+        a
+    }
+}
 
 /// One mount of the container, ready for mount(2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,25 +172,23 @@ fn lookup(option: &str) -> Option<MountOption> {
         "rslave" => prop(MsFlags::MS_SLAVE | MsFlags::MS_REC),
         "unbindable" => prop(MsFlags::MS_UNBINDABLE),
         "runbindable" => prop(MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
-        "rro" => Some(RecursiveSet(mountapi::MOUNT_ATTR_RDONLY)),
-        "rrw" => Some(RecursiveClear(mountapi::MOUNT_ATTR_RDONLY)),
-        "rnosuid" => Some(RecursiveSet(mountapi::MOUNT_ATTR_NOSUID)),
-        "rsuid" => Some(RecursiveClear(mountapi::MOUNT_ATTR_NOSUID)),
-        "rnodev" => Some(RecursiveSet(mountapi::MOUNT_ATTR_NODEV)),
-        "rdev" => Some(RecursiveClear(mountapi::MOUNT_ATTR_NODEV)),
-        "rnoexec" => Some(RecursiveSet(mountapi::MOUNT_ATTR_NOEXEC)),
-        "rexec" => Some(RecursiveClear(mountapi::MOUNT_ATTR_NOEXEC)),
-        "rnodiratime" => Some(RecursiveSet(mountapi::MOUNT_ATTR_NODIRATIME)),
-        "rdiratime" => Some(RecursiveClear(mountapi::MOUNT_ATTR_NODIRATIME)),
-        "rnosymfollow" => Some(RecursiveSet(mountapi::MOUNT_ATTR_NOSYMFOLLOW)),
-        "rsymfollow" => Some(RecursiveClear(mountapi::MOUNT_ATTR_NOSYMFOLLOW)),
+        "rro" => Some(RecursiveSet(MOUNT_ATTR_RDONLY)),
+        "rrw" => Some(RecursiveClear(MOUNT_ATTR_RDONLY)),
+        "rnosuid" => Some(RecursiveSet(MOUNT_ATTR_NOSUID)),
+        "rsuid" => Some(RecursiveClear(MOUNT_ATTR_NOSUID)),
+        "rnodev" => Some(RecursiveSet(MOUNT_ATTR_NODEV)),
+        "rdev" => Some(RecursiveClear(MOUNT_ATTR_NODEV)),
+        "rnoexec" => Some(RecursiveSet(MOUNT_ATTR_NOEXEC)),
+        "rexec" => Some(RecursiveClear(MOUNT_ATTR_NOEXEC)),
+        "rnodiratime" => Some(RecursiveSet(MOUNT_ATTR_NODIRATIME)),
+        "rdiratime" => Some(RecursiveClear(MOUNT_ATTR_NODIRATIME)),
+        "rnosymfollow" => Some(RecursiveSet(MOUNT_ATTR_NOSYMFOLLOW)),
+        "rsymfollow" => Some(RecursiveClear(MOUNT_ATTR_NOSYMFOLLOW)),
         // The kernel keeps one atime mode per mount; the "no" forms select what mount(8)
         // means by them: norelatime is strictatime, atime and nostrictatime the default.
-        "rrelatime" | "ratime" | "rnostrictatime" => {
-            Some(RecursiveAtime(mountapi::MOUNT_ATTR_RELATIME))
-        }
-        "rnoatime" => Some(RecursiveAtime(mountapi::MOUNT_ATTR_NOATIME)),
-        "rstrictatime" | "rnorelatime" => Some(RecursiveAtime(mountapi::MOUNT_ATTR_STRICTATIME)),
+        "rrelatime" | "ratime" | "rnostrictatime" => Some(RecursiveAtime(MOUNT_ATTR_RELATIME)),
+        "rnoatime" => Some(RecursiveAtime(MOUNT_ATTR_NOATIME)),
+        "rstrictatime" | "rnorelatime" => Some(RecursiveAtime(MOUNT_ATTR_STRICTATIME)),
         "tmpcopyup" => Some(TmpCopyUp),
         "idmap" => Some(Idmap { recursive: false }),
         "ridmap" => Some(Idmap { recursive: true }),
@@ -172,8 +226,8 @@ pub fn plan_mount(index: usize, mount: &Mount, bundle: &Path) -> Result<MountPla
                 recursive.set &= !a;
             }
             Some(MountOption::RecursiveAtime(a)) => {
-                recursive.set = (recursive.set & !mountapi::MOUNT_ATTR_ATIME) | a;
-                recursive.clear |= mountapi::MOUNT_ATTR_ATIME;
+                recursive.set = (recursive.set & !MOUNT_ATTR_ATIME) | a;
+                recursive.clear |= MOUNT_ATTR_ATIME;
             }
             Some(MountOption::TmpCopyUp) => tmpcopyup = true,
             Some(MountOption::Idmap { recursive: r }) => {
@@ -375,7 +429,6 @@ mod tests {
 
     #[test]
     fn recursive_options_become_mount_attributes() {
-        use mountapi::*;
         let p = |opts: &[&str]| {
             plan_mount(0, &mount("bind", "/h", "/c", opts), Path::new("/b"))
                 .unwrap()
@@ -466,5 +519,23 @@ mod tests {
         .unwrap();
         assert_eq!(p.fstype.as_deref(), Some("cgroup"));
         assert_eq!(p.cgroup, None);
+    }
+
+    #[test]
+    fn ms_flags_map_to_mount_attributes() {
+        let a = MountAttr::from_ms_flags(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC);
+        assert_eq!(
+            a,
+            MountAttr {
+                set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+                clear: 0
+            }
+        );
+        let a = MountAttr::from_ms_flags(libc::MS_NOATIME | libc::MS_NODEV);
+        assert_eq!(a.set, MOUNT_ATTR_NOATIME | MOUNT_ATTR_NODEV);
+        assert_eq!(a.clear, MOUNT_ATTR_ATIME);
+        let a = MountAttr::from_ms_flags(libc::MS_RELATIME);
+        assert_eq!((a.set, a.clear), (MOUNT_ATTR_RELATIME, MOUNT_ATTR_ATIME));
+        assert!(MountAttr::from_ms_flags(libc::MS_BIND | libc::MS_REC).is_empty());
     }
 }

@@ -4,14 +4,17 @@ use std::{os::fd::AsFd, path::Path};
 
 use nix::mount::MsFlags;
 
+use super::{
+    mount::{bind_onto, proc_fd_path, set_mount_attr, set_propagation, BIND_ATTR_FLAGS},
+    resolve::{Create, RootDir},
+};
 use crate::{
-    mountapi::{
-        self, proc_fd_path, MountAttr, MOUNT_ATTR_RDONLY, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS,
-        RESOLVE_NO_XDEV,
+    fd::{self, openat2, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV},
+    plan::{
+        cgroupfs::CgroupFs,
+        mounts::{MountAttr, MOUNT_ATTR_RDONLY},
+        MountPlan,
     },
-    plan::{cgroupfs::CgroupFs, MountPlan},
-    rootdir::{self, Create, RootDir},
-    rootfs::{bind_onto, set_propagation, BIND_ATTR_FLAGS},
     Error, Result,
 };
 
@@ -48,9 +51,9 @@ pub fn mount(root: &RootDir, field: &str, m: &MountPlan, cg: &CgroupFs) -> Resul
         .open_in(&m.destination, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| err("open the new tmpfs", e))?;
     for b in &cg.binds {
-        rootdir::mkdirat(dir.as_fd(), b.name.as_ref(), 0o755)
+        fd::mkdirat(dir.as_fd(), b.name.as_ref(), 0o755)
             .map_err(|e| err(&format!("mkdir {}", b.name), e))?;
-        let sub = mountapi::openat2(
+        let sub = openat2(
             dir.as_fd(),
             Path::new(&b.name),
             libc::O_PATH | libc::O_DIRECTORY,
@@ -61,7 +64,7 @@ pub fn mount(root: &RootDir, field: &str, m: &MountPlan, cg: &CgroupFs) -> Resul
         bind_onto(&b.source, sub.as_fd(), false, attr, MountAttr::default())
             .map_err(|e| err(&format!("bind {} to {}", b.source.display(), b.name), e))?;
         for alias in &b.aliases {
-            rootdir::symlink_if_missing(Path::new(&b.name), dir.as_fd(), alias.as_ref())
+            fd::symlink_if_missing(Path::new(&b.name), dir.as_fd(), alias.as_ref())
                 .map_err(|e| err(&format!("symlink {alias}"), e))?;
         }
     }
@@ -70,10 +73,9 @@ pub fn mount(root: &RootDir, field: &str, m: &MountPlan, cg: &CgroupFs) -> Resul
             set: MOUNT_ATTR_RDONLY,
             clear: 0,
         };
-        mountapi::set_mount_attr(dir.as_fd(), ro, false)
-            .map_err(|e| err("make the tmpfs read-only", e))?;
+        set_mount_attr(dir.as_fd(), ro, false).map_err(|e| err("make the tmpfs read-only", e))?;
     }
-    mountapi::set_mount_attr(dir.as_fd(), m.recursive, true)
+    set_mount_attr(dir.as_fd(), m.recursive, true)
         .map_err(|e| err("set recursive mount attributes", e))?;
     set_propagation(root, field, &m.destination, &m.propagation)
 }

@@ -14,16 +14,30 @@ use std::{
 
 use nix::{
     mount::{mount, umount2, MntFlags, MsFlags},
-    sys::statvfs::{statvfs, FsFlags},
     unistd::{fchdir, pivot_root},
 };
 
+pub mod cgroupfs;
+pub mod chroot;
+pub mod copyup;
+pub mod devices;
+pub mod idmap;
+pub mod masked;
+pub mod mount;
+pub mod resolve;
+
+use self::{
+    masked::locked_flags,
+    mount::{
+        attach_tree, bind_onto, clone_tree, mount_at, set_mount_attr, set_propagation,
+        BIND_ATTR_FLAGS,
+    },
+    resolve::{Create, RootDir},
+};
 use crate::{
-    cgroupfs, chroot, copyup, kernel,
-    mountapi::{self, proc_fd_path, MountAttr, RESOLVE_IN_ROOT, RESOLVE_NO_SYMLINKS},
-    namespaces::user,
-    plan::{DeviceNode, LaunchPlan, MountPlan, NamespaceKind},
-    rootdir::{self, Create, RootDir},
+    fd::{openat2, RESOLVE_IN_ROOT, RESOLVE_NO_SYMLINKS},
+    kernel,
+    plan::{mounts::MountAttr, LaunchPlan, MountPlan, NamespaceKind},
     Error, Result,
 };
 
@@ -31,41 +45,6 @@ const NONE: Option<&str> = None;
 
 fn sys<T>(step: impl FnOnce() -> String, r: nix::Result<T>) -> Result<T> {
     r.map_err(|e| Error::sys(step(), e))
-}
-
-/// The mount(2) flags a bind gets as mount attributes of its detached copy (ro, nosuid, ...).
-pub(crate) const BIND_ATTR_FLAGS: u64 = libc::MS_RDONLY
-    | libc::MS_NOSUID
-    | libc::MS_NODEV
-    | libc::MS_NOEXEC
-    | libc::MS_NOATIME
-    | libc::MS_NODIRATIME
-    | libc::MS_RELATIME
-    | libc::MS_STRICTATIME
-    | libc::MS_NOSYMFOLLOW;
-
-/// Binds (a copy of) the mount tree at host path `source` onto `target`. The copy gets its
-/// attributes while still detached, so it is never visible without them.
-pub(crate) fn bind_onto(
-    source: &Path,
-    target: BorrowedFd<'_>,
-    recursive_tree: bool,
-    top: MountAttr,
-    recursive: MountAttr,
-) -> std::io::Result<()> {
-    let tree = mountapi::clone_tree(source, recursive_tree)?;
-    attach_tree(&tree, target, top, recursive)
-}
-
-fn attach_tree(
-    tree: &OwnedFd,
-    target: BorrowedFd<'_>,
-    top: MountAttr,
-    recursive: MountAttr,
-) -> std::io::Result<()> {
-    mountapi::set_mount_attr(tree.as_fd(), top, false)?;
-    mountapi::set_mount_attr(tree.as_fd(), recursive, true)?;
-    mountapi::move_mount_to_fd(tree.as_fd(), target)
 }
 
 /// With a shared rootfs propagation, the binds that ask to be shared (Kubernetes'
@@ -91,7 +70,7 @@ fn clone_shared_binds(
                 return Ok(None);
             }
             let src = m.source.as_deref().unwrap_or(Path::new(""));
-            mountapi::clone_tree(src, m.flags & libc::MS_REC != 0)
+            clone_tree(src, m.flags & libc::MS_REC != 0)
                 .map(Some)
                 .map_err(|e| {
                     Error::Init(format!(
@@ -104,17 +83,6 @@ fn clone_shared_binds(
         .collect()
 }
 
-/// mount(2) that names its target by descriptor.
-fn mount_at(
-    source: Option<&Path>,
-    target: BorrowedFd<'_>,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> nix::Result<()> {
-    mount(source, proc_fd_path(target).as_str(), fstype, flags, data)
-}
-
 /// procfs and sysfs are only mounted on real directories: a symlink there would let the
 /// image move them (and the masked paths that rely on them) elsewhere.
 fn check_no_symlinks(root: &RootDir, field: &str, dest: &Path) -> Result<()> {
@@ -124,7 +92,7 @@ fn check_no_symlinks(root: &RootDir, field: &str, dest: &Path) -> Result<()> {
     } else {
         rel
     };
-    match mountapi::openat2(
+    match openat2(
         root.as_fd(),
         &rel,
         libc::O_PATH,
@@ -181,7 +149,7 @@ fn apply_mount(
         // A tree from the launcher is asked, not its host path: in a user namespace the
         // path may be out of our reach.
         let md = match &early_tree {
-            Some(tree) => fs::metadata(proc_fd_path(tree.as_fd())),
+            Some(tree) => fs::metadata(mount::proc_fd_path(tree.as_fd())),
             None => fs::metadata(src),
         }
         .map_err(|e| Error::Init(format!("{}: source {}: {e}", what(), src.display())))?;
@@ -265,7 +233,7 @@ fn apply_mount(
             let mounted = root
                 .resolve(&m.destination)
                 .map_err(|e| Error::Init(format!("{field}: {e}")))?;
-            mountapi::set_mount_attr(mounted.as_fd(), m.recursive, true).map_err(|e| {
+            set_mount_attr(mounted.as_fd(), m.recursive, true).map_err(|e| {
                 Error::Init(format!("{}: set recursive mount attributes: {e}", what()))
             })?;
         }
@@ -296,104 +264,6 @@ fn bind_host_sysfs(
     set_propagation(root, field, &m.destination, &m.propagation)
 }
 
-/// Applies propagation changes to the mount now at `dest`.
-pub(crate) fn set_propagation(
-    root: &RootDir,
-    field: &str,
-    dest: &Path,
-    propagation: &[u64],
-) -> Result<()> {
-    if propagation.is_empty() {
-        return Ok(());
-    }
-    let mounted = root
-        .resolve(dest)
-        .map_err(|e| Error::Init(format!("{field}: {e}")))?;
-    for p in propagation {
-        sys(
-            || format!("{field} ({}): set propagation", dest.display()),
-            mount_at(
-                None,
-                mounted.as_fd(),
-                None,
-                MsFlags::from_bits_retain(*p),
-                None,
-            ),
-        )?;
-    }
-    Ok(())
-}
-
-/// The flags of an existing mount that a bind remount must keep (the kernel refuses to
-/// clear nosuid/nodev/noexec that were locked by the source mount in some setups).
-fn locked_flags(path: &Path) -> MsFlags {
-    let Ok(st) = statvfs(path) else {
-        return MsFlags::empty();
-    };
-    let f = st.flags();
-    let mut out = MsFlags::empty();
-    for (fs_flag, ms_flag) in [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-    ] {
-        if f.contains(fs_flag) {
-            out |= ms_flag;
-        }
-    }
-    out
-}
-
-/// Creates a device node of the spec, replacing whatever the image has at that path (a
-/// symlink is replaced, not followed). In a user namespace, binds the host's instead.
-fn create_device(root: &RootDir, index: usize, d: &DeviceNode, in_userns: bool) -> Result<()> {
-    let path = d.path.display();
-    let err = |what: &str, e: std::io::Error| {
-        Error::Init(format!("linux.devices[{index}] ({path}): {what}: {e}"))
-    };
-    let (dir, name) = root
-        .create_parent(&d.path)
-        .map_err(|e| Error::Init(format!("linux.devices[{index}]: {e}")))?;
-    rootdir::unlink_if_exists(dir.as_fd(), &name).map_err(|e| err("remove what is there", e))?;
-    if in_userns {
-        return user::bind_host_device(dir.as_fd(), &name, d).map_err(|e| err("bind", e));
-    }
-    rootdir::mknodat(
-        dir.as_fd(),
-        &name,
-        d.kind | d.mode,
-        libc::makedev(d.major as u32, d.minor as u32),
-    )
-    .map_err(|e| err("mknod", e))?;
-    rootdir::chown_chmod_at(dir.as_fd(), &name, d.uid, d.gid, d.mode)
-        .map_err(|e| err("set owner and mode", e))
-}
-
-/// Devices that are not nodes of their own: the /dev/fd and stdio links, and ptmx.
-fn dev_symlinks(root: &RootDir, plan: &LaunchPlan) -> Result<()> {
-    let dev = root.create(Path::new("/dev"), Create::Dir)?;
-    let mut links = vec![
-        ("/proc/self/fd", "fd"),
-        ("/proc/self/fd/0", "stdin"),
-        ("/proc/self/fd/1", "stdout"),
-        ("/proc/self/fd/2", "stderr"),
-    ];
-    if plan
-        .mounts
-        .iter()
-        .any(|m| m.destination == Path::new("/dev/pts"))
-    {
-        rootdir::unlink_if_exists(dev.as_fd(), "ptmx".as_ref())
-            .map_err(|e| Error::Init(format!("/dev/ptmx: {e}")))?;
-        links.push(("pts/ptmx", "ptmx"));
-    }
-    for (target, name) in links {
-        rootdir::symlink_if_missing(Path::new(target), dev.as_fd(), name.as_ref())
-            .map_err(|e| Error::Init(format!("/dev/{name}: {e}")))?;
-    }
-    Ok(())
-}
-
 /// Switches the process's root to the rootfs and detaches the old root entirely.
 fn pivot(root: &RootDir) -> nix::Result<()> {
     let old = fs::File::open("/")
@@ -417,7 +287,12 @@ fn enter_root(plan: &LaunchPlan, root: &RootDir) -> Result<()> {
         Ok(()) => Ok(()),
         Err(nix::Error::EINVAL)
             if chroot::root_is_initramfs(
-                &fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+                &crate::procfs::handle()
+                    .and_then(|p| {
+                        p.read_self("mountinfo")
+                            .map_err(|e| Error::io("/proc/self/mountinfo", e))
+                    })
+                    .unwrap_or_default(),
             ) =>
         {
             chroot::move_root(root)
@@ -427,40 +302,6 @@ fn enter_root(plan: &LaunchPlan, root: &RootDir) -> Result<()> {
             e,
         )),
     }
-}
-
-fn mask(path: &Path) -> Result<()> {
-    let Ok(md) = fs::metadata(path) else {
-        return Ok(());
-    };
-    let r = if md.is_dir() {
-        mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, NONE)
-    } else {
-        mount(Some("/dev/null"), path, NONE, MsFlags::MS_BIND, NONE)
-    };
-    sys(|| format!("mask {}", path.display()), r)
-}
-
-fn make_readonly(path: &Path) -> Result<()> {
-    if fs::symlink_metadata(path).is_err() {
-        return Ok(());
-    }
-    let p = path.display();
-    sys(
-        || format!("bind readonly path {p}"),
-        mount(
-            Some(path),
-            path,
-            NONE,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            NONE,
-        ),
-    )?;
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked_flags(path);
-    sys(
-        || format!("remount readonly path {p}"),
-        mount(NONE, path, NONE, flags, NONE),
-    )
 }
 
 /// Builds the root filesystem and pivots into it. Afterwards "/" is the container's root.
@@ -519,21 +360,17 @@ pub fn prepare(
     }
     let in_userns = plan.namespaces.has(NamespaceKind::User);
     for (i, d) in plan.devices.iter().enumerate() {
-        create_device(&root, i, d, in_userns)?;
+        devices::create_device(&root, i, d, in_userns)?;
     }
-    dev_symlinks(&root, plan)?;
+    devices::dev_symlinks(&root, plan)?;
     if let Some(proc_sys) = &proc_sys {
         kernel::write_sysctls(proc_sys, &plan.kernel.sysctls)?;
     }
     before_pivot()?;
     enter_root(plan, &root)?;
     after_pivot()?;
-    for p in &plan.readonly_paths {
-        make_readonly(p)?;
-    }
-    for p in &plan.masked_paths {
-        mask(p)?;
-    }
+    masked::readonly_paths(&plan.readonly_paths)?;
+    masked::mask_paths(&plan.masked_paths)?;
     if plan.readonly_root {
         let flags = MsFlags::MS_BIND
             | MsFlags::MS_REMOUNT
@@ -557,6 +394,7 @@ pub fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::statvfs::{statvfs, FsFlags};
     use std::{os::unix::fs::symlink, process::Command};
 
     const IN_PRIVATE_NS: &str = "SHIM_RS_TEST_IN_PRIVATE_MOUNT_NS";
@@ -712,7 +550,7 @@ mod tests {
         let target = fs::File::open(&dst).unwrap();
         let ro = MountAttr::from_ms_flags(libc::MS_RDONLY);
         let rec = MountAttr {
-            set: mountapi::MOUNT_ATTR_NOEXEC,
+            set: crate::plan::mounts::MOUNT_ATTR_NOEXEC,
             clear: 0,
         };
         bind_onto(&src, target.as_fd(), true, ro, rec).unwrap();

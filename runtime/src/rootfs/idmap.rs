@@ -18,8 +18,8 @@ use std::{
     path::Path,
 };
 
+use super::mount;
 use crate::{
-    mountapi,
     namespaces::user,
     plan::{idmap::IdMappings, LaunchPlan, NamespaceKind},
     Error, Result,
@@ -51,7 +51,7 @@ pub fn prepare(plan: &LaunchPlan) -> Result<Vec<Option<OwnedFd>>> {
                 source.display()
             ))
         };
-        let tree = mountapi::clone_tree(source, m.flags & libc::MS_REC != 0)
+        let tree = mount::clone_tree(source, m.flags & libc::MS_REC != 0)
             .map_err(|e| err("open_tree", e))?;
         if let Some(idmap) = &m.idmap {
             let ns = match userns.iter().position(|(maps, _)| **maps == idmap.mappings) {
@@ -61,7 +61,7 @@ pub fn prepare(plan: &LaunchPlan) -> Result<Vec<Option<OwnedFd>>> {
                     userns.len() - 1
                 }
             };
-            mountapi::set_idmap(tree.as_fd(), userns[ns].1.as_fd(), idmap.recursive)
+            mount::set_idmap(tree.as_fd(), userns[ns].1.as_fd(), idmap.recursive)
                 .map_err(|e| err("mount_setattr", e))?;
         }
         trees.push(Some(tree));

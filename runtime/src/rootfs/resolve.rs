@@ -10,15 +10,12 @@
 use std::{
     ffi::OsString,
     io,
-    os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
-        unix::ffi::OsStrExt,
-    },
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Component, Path, PathBuf},
 };
 
 use crate::{
-    mountapi::{self, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS},
+    fd::{self, create_file, mkdirat, openat2, readlinkat, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS},
     Error, Result,
 };
 
@@ -66,7 +63,7 @@ fn errno(e: &io::Error) -> i32 {
 impl RootDir {
     /// Opens the directory `path` (a host path) as the root for lookups.
     pub fn open(path: &Path) -> Result<RootDir> {
-        let fd = mountapi::openat2(cwd(), path, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
+        let fd = openat2(fd::cwd(), path, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
             .map_err(|e| Error::io(path, e))?;
         Ok(RootDir {
             fd,
@@ -80,7 +77,7 @@ impl RootDir {
 
     /// Resolves `path` inside the root; `flags` are open(2) flags (O_PATH for a handle).
     pub fn open_in(&self, path: &Path, flags: i32) -> io::Result<OwnedFd> {
-        mountapi::openat2(
+        openat2(
             self.fd.as_fd(),
             &join(&components(path)),
             flags,
@@ -194,145 +191,6 @@ impl AsFd for RootDir {
     }
 }
 
-fn cwd() -> BorrowedFd<'static> {
-    // SAFETY: AT_FDCWD is a valid "descriptor" for the *at calls for the whole process life.
-    unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }
-}
-
-fn name_c(name: &std::ffi::OsStr) -> io::Result<std::ffi::CString> {
-    std::ffi::CString::new(name.as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
-}
-
-fn check(r: libc::c_int) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// readlinkat on `name` in `dir` (EINVAL: not a symlink).
-pub fn readlinkat(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> io::Result<PathBuf> {
-    let c = name_c(name)?;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: valid path and a buffer of the given size.
-    let n = unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&buf)))
-}
-
-pub fn mkdirat(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, mode: u32) -> io::Result<()> {
-    let c = name_c(name)?;
-    // SAFETY: valid path.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) })
-}
-
-fn create_file(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> io::Result<()> {
-    let c = name_c(name)?;
-    // SAFETY: valid path; O_NOFOLLOW|O_EXCL never follows or reuses an existing entry.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY | libc::O_CLOEXEC,
-            0o644,
-        )
-    };
-    check(fd)?;
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    Ok(())
-}
-
-/// unlinkat of a non-directory; a missing entry is fine.
-pub fn unlink_if_exists(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> io::Result<()> {
-    let c = name_c(name)?;
-    // SAFETY: valid path.
-    match check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) }) {
-        Err(e) if errno(&e) == libc::ENOENT => Ok(()),
-        other => other,
-    }
-}
-
-/// symlinkat `name` -> `target` in `dir`; an existing entry of that name is left alone.
-pub fn symlink_if_missing(
-    target: &Path,
-    dir: BorrowedFd<'_>,
-    name: &std::ffi::OsStr,
-) -> io::Result<()> {
-    let t = name_c(target.as_os_str())?;
-    let c = name_c(name)?;
-    // SAFETY: valid paths.
-    match check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }) {
-        Err(e) if errno(&e) == libc::EEXIST => Ok(()),
-        other => other,
-    }
-}
-
-/// fstat of what `fd` refers to (works on O_PATH descriptors).
-pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: zeroed stat is a valid out-parameter.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let empty = c"";
-    // SAFETY: valid descriptor, empty path with AT_EMPTY_PATH.
-    check(unsafe {
-        libc::fstatat(
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            &mut st,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(st)
-}
-
-/// mknodat(2): `mode` holds the file type bits and the permissions.
-pub fn mknodat(
-    dir: BorrowedFd<'_>,
-    name: &std::ffi::OsStr,
-    mode: u32,
-    dev: libc::dev_t,
-) -> io::Result<()> {
-    let c = name_c(name)?;
-    // SAFETY: valid path.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, dev) })
-}
-
-/// Owner, then exact mode (chown clears set-id bits, and mknod/mkdir honour the umask).
-pub fn chown_chmod_at(
-    dir: BorrowedFd<'_>,
-    name: &std::ffi::OsStr,
-    uid: u32,
-    gid: u32,
-    mode: u32,
-) -> io::Result<()> {
-    let c = name_c(name)?;
-    // SAFETY: valid path; AT_SYMLINK_NOFOLLOW acts on the entry itself.
-    check(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            uid,
-            gid,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: valid path. The entry was just created by the init, the only process that
-    // can see this rootfs yet.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode & 0o7777, 0) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,7 +220,7 @@ mod tests {
 
     /// The host path an O_PATH descriptor refers to.
     fn where_is(fd: &OwnedFd) -> PathBuf {
-        fs::read_link(mountapi::proc_fd_path(fd.as_fd())).unwrap()
+        fs::read_link(crate::rootfs::mount::proc_fd_path(fd.as_fd())).unwrap()
     }
 
     #[test]

@@ -19,7 +19,8 @@ use nix::{
     unistd::{chroot, fchdir},
 };
 
-use crate::{rootdir::RootDir, Error, Result};
+use super::resolve::RootDir;
+use crate::{Error, Result};
 
 const NONE: Option<&str> = None;
 
@@ -85,7 +86,8 @@ fn host_proc_and_sys(mountinfo: &str, rootfs: &Path) -> Vec<PathBuf> {
 /// Moves the rootfs onto "/" and chroots into it.
 pub fn move_root(root: &RootDir) -> Result<()> {
     let rootfs = fs::canonicalize(root.path()).map_err(|e| Error::io(root.path(), e))?;
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+    let mountinfo = crate::procfs::handle()?
+        .read_self("mountinfo")
         .map_err(|e| Error::io("/proc/self/mountinfo", e))?;
     for p in host_proc_and_sys(&mountinfo, &rootfs) {
         match umount2(&p, MntFlags::MNT_DETACH) {
