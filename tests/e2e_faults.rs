@@ -1735,8 +1735,6 @@ impl Drop for FullDisk {
 /// for every amount of free space short of what one container needs, Create fails with an
 /// error saying so, and nothing is left; once space is freed, containers run again.
 #[test]
-#[ignore = "open bug (issue 12): after a Create that failed writing its state file on a full \
-            disk, the shim daemon is still up 5 s after containerd's Shutdown; run with --ignored"]
 fn a_full_state_disk_fails_create_cleanly_then_recovers() {
     debug_env();
     let _serial = exclusive();

@@ -358,6 +358,7 @@ fn daemon(cfg: &DaemonConfig, listener: UnixListener) -> Result<(), String> {
     // SAFETY: mallopt has no preconditions; called before any thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     // The bundle, our working directory until now, is no business of the launcher's.
+    let bundle = BundleWatch::here();
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     // Still single-threaded here: the launcher must be forked before any thread exists.
     // SAFETY: no thread has been started in this process.
@@ -403,6 +404,9 @@ fn daemon(cfg: &DaemonConfig, listener: UnixListener) -> Result<(), String> {
         cfg.origin
     );
     // Until Shutdown finds no container left.
+    if let Some(bundle) = bundle {
+        bundle.watch(&mut reactor, service.clone());
+    }
     reactor.run();
     events.drain(std::time::Duration::from_secs(5));
     let _ = std::fs::remove_file(socket);
@@ -451,4 +455,46 @@ fn delete(flags: &Flags) -> Result<(), String> {
     std::io::stdout()
         .write_all(&bytes)
         .map_err(|e| e.to_string())
+}
+
+/// The bundle this daemon was started for. containerd removes it when it gives up on a shim
+/// it started without ever telling it (e.g. it failed to record the shim on a full disk,
+/// after `start` had answered); a daemon with no container whose bundle is gone has nobody
+/// left to serve, so it exits instead of waiting for a Shutdown that will never come.
+struct BundleWatch {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl BundleWatch {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The working directory, which `start` (and so the daemon) runs in.
+    fn here() -> Option<BundleWatch> {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::env::current_dir().ok()?;
+        let inode = std::fs::metadata(&path).ok()?.ino();
+        Some(BundleWatch { path, inode })
+    }
+
+    fn gone(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path).map_or(true, |m| m.ino() != self.inode)
+    }
+
+    fn watch(self, r: &mut Reactor, service: Arc<Service>) {
+        r.after(Self::EVERY, move |r| {
+            if self.gone() && !service.has_containers() {
+                info!(
+                    "shim daemon {}: bundle {} removed and no container here: containerd gave \
+                     up on this shim; exiting",
+                    std::process::id(),
+                    self.path.display()
+                );
+                r.stop();
+            } else {
+                self.watch(r, service);
+            }
+        });
+    }
 }
