@@ -6,128 +6,38 @@
 //! spec), the test calls containerd's own gRPC API as containerd's Go client does: containerd
 //! then drives the shim exactly as in production.
 
+#[path = "common/api.rs"]
+mod api;
 mod common;
 
 use std::{fs, os::unix::fs::OpenOptionsExt, path::Path, time::Duration};
 
+use api::Api;
 use common::*;
 use containerd_client::{
-    services::v1::{
-        containers_client::ContainersClient, snapshots::snapshots_client::SnapshotsClient,
-        snapshots::MountsRequest, tasks_client::TasksClient, CreateTaskRequest, DeleteTaskRequest,
-        ExecProcessRequest, GetContainerRequest, KillRequest, ResizePtyRequest, StartRequest,
-    },
-    tonic::{transport::Channel, Request},
+    services::v1::{ExecProcessRequest, ResizePtyRequest},
+    tonic::Request,
     with_namespace,
 };
 use shim::protos::{protobuf::Message, shim::oci::Options as RuncOptions};
 
 const RUNTIMES: [&str; 2] = ["io.containerd.runc.v2", RS_RUNTIME];
 
-/// containerd's gRPC API on the test's private socket, driven from a current-thread runtime.
-struct Api {
-    rt: tokio::runtime::Runtime,
-    channel: Channel,
+/// The shared client, with this suite's panicking shorthands.
+trait ApiExt {
+    fn create_task_or_panic(&self, id: &str, options: Option<prost_types::Any>) -> u32;
+    fn start_or_panic(&self, id: &str, exec_id: &str);
 }
 
-impl Api {
-    fn connect() -> Api {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let channel = rt
-            .block_on(containerd_client::connect(&env().address))
-            .expect("connect to containerd");
-        Api { rt, channel }
+impl ApiExt for Api {
+    /// Tasks.Create for container `id` with runtime options; returns the init's pid.
+    fn create_task_or_panic(&self, id: &str, options: Option<prost_types::Any>) -> u32 {
+        self.create_task_with(id, "", options)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn tasks(&self) -> TasksClient<Channel> {
-        TasksClient::new(self.channel.clone())
-    }
-
-    /// Tasks.Create for container `id` (made by `ctr c create`), with its snapshot's mounts
-    /// as rootfs and no stdio, as the Go client's NewTask does; returns the init's pid.
-    fn create_task(&self, id: &str, options: Option<prost_types::Any>) -> u32 {
-        let ns = namespace();
-        self.rt.block_on(async {
-            let container = ContainersClient::new(self.channel.clone())
-                .get(with_namespace!(GetContainerRequest { id: id.into() }, ns))
-                .await
-                .expect("get container")
-                .into_inner()
-                .container
-                .expect("container");
-            let mounts = SnapshotsClient::new(self.channel.clone())
-                .mounts(with_namespace!(
-                    MountsRequest {
-                        snapshotter: container.snapshotter.clone(),
-                        key: container.snapshot_key.clone(),
-                    },
-                    ns
-                ))
-                .await
-                .expect("snapshot mounts")
-                .into_inner()
-                .mounts;
-            self.tasks()
-                .create(with_namespace!(
-                    CreateTaskRequest {
-                        container_id: id.into(),
-                        rootfs: mounts,
-                        options,
-                        ..Default::default()
-                    },
-                    ns
-                ))
-                .await
-                .unwrap_or_else(|e| panic!("create task {id}: {e}"))
-                .into_inner()
-                .pid
-        })
-    }
-
-    fn start(&self, id: &str, exec_id: &str) {
-        let ns = namespace();
-        self.rt
-            .block_on(self.tasks().start(with_namespace!(
-                StartRequest {
-                    container_id: id.into(),
-                    exec_id: exec_id.into(),
-                },
-                ns
-            )))
-            .unwrap_or_else(|e| panic!("start {id}/{exec_id}: {e}"));
-    }
-
-    /// Kills (SIGKILL) and deletes the task, ignoring errors: cleanup.
-    fn kill_and_delete(&self, id: &str) {
-        let ns = namespace();
-        self.rt.block_on(async {
-            let _ = self
-                .tasks()
-                .kill(with_namespace!(
-                    KillRequest {
-                        container_id: id.into(),
-                        signal: 9,
-                        all: true,
-                        ..Default::default()
-                    },
-                    ns
-                ))
-                .await;
-        });
-        // Delete succeeds once the kill has been reaped.
-        wait_until(Duration::from_secs(10), || {
-            self.rt
-                .block_on(self.tasks().delete(with_namespace!(
-                    DeleteTaskRequest {
-                        container_id: id.into()
-                    },
-                    ns
-                )))
-                .is_ok()
-        });
+    fn start_or_panic(&self, id: &str, exec_id: &str) {
+        self.start(id, exec_id).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -186,7 +96,7 @@ fn create_answers_with_the_init_in_its_cgroup() {
     let api = Api::connect();
     for rt in RUNTIMES {
         let c = Container::create(&api, "cgjoin", rt, &["sleep", "600"]);
-        let pid = api.create_task(&c.id, None);
+        let pid = api.create_task_or_panic(&c.id, None);
         let expected = format!("/{}/{}", namespace(), c.id);
         let lines = cgroup_lines(pid);
         let outside: Vec<&String> = lines.iter().filter(|l| !l.ends_with(&expected)).collect();
@@ -240,8 +150,8 @@ fn resize_pty_without_a_terminal_is_a_no_op() {
     let api = Api::connect();
     for rt in RUNTIMES {
         let c = Container::create(&api, "resize", rt, &["sleep", "600"]);
-        api.create_task(&c.id, None);
-        api.start(&c.id, "");
+        api.create_task_or_panic(&c.id, None);
+        api.start_or_panic(&c.id, "");
         let r = api.rt.block_on(api.tasks().resize_pty(with_namespace!(
             ResizePtyRequest {
                 container_id: c.id.clone(),
@@ -263,8 +173,8 @@ fn an_exec_requests_terminal_flag_wins_over_its_process_spec() {
     let api = Api::connect();
     for rt in RUNTIMES {
         let c = Container::create(&api, "exectty", rt, &["sleep", "600"]);
-        api.create_task(&c.id, None);
-        api.start(&c.id, "");
+        api.create_task_or_panic(&c.id, None);
+        api.start_or_panic(&c.id, "");
         let spec = serde_json::json!({
             "args": ["sh", "-c", "if [ -t 0 ]; then echo tty > /exec-tty; else echo none > /exec-tty; fi"],
             "cwd": "/",
@@ -295,7 +205,7 @@ fn an_exec_requests_terminal_flag_wins_over_its_process_spec() {
             namespace()
         )));
         assert!(r.is_ok(), "{rt}: Exec with terminal = true: {r:?}");
-        api.start(&c.id, "tty");
+        api.start_or_panic(&c.id, "tty");
         let mut seen = String::new();
         wait_until(Duration::from_secs(10), || {
             seen = ctr(&[
@@ -361,7 +271,7 @@ fn shim_cgroup_joins_an_existing_cgroup_and_creates_none() {
             value: options.write_to_bytes().unwrap(),
         };
         let c = Container::create(&api, "shimcg", rt, &["sleep", "600"]);
-        let init = api.create_task(&c.id, Some(any));
+        let init = api.create_task_or_panic(&c.id, Some(any));
         let shim = ppid(init);
         let lines = cgroup_lines(shim);
         let expected = format!("/{name}");

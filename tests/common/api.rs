@@ -50,6 +50,16 @@ impl Api {
 
     /// Tasks.Create with the process's stdout going to the fifo `stdout` (none if empty).
     pub fn create_task_with_stdout(&self, id: &str, stdout: &str) -> Result<u32, String> {
+        self.create_task_with(id, stdout, None)
+    }
+
+    /// Tasks.Create with stdout to `stdout` (none if empty) and the runtime options `options`.
+    pub fn create_task_with(
+        &self,
+        id: &str,
+        stdout: &str,
+        options: Option<prost_types::Any>,
+    ) -> Result<u32, String> {
         let ns = namespace();
         self.rt.block_on(async {
             let container = ContainersClient::new(self.channel.clone())
@@ -77,6 +87,7 @@ impl Api {
                         container_id: id.into(),
                         rootfs: mounts,
                         stdout: stdout.into(),
+                        options,
                         ..Default::default()
                     },
                     ns
