@@ -348,7 +348,18 @@ parse_ns_id() { # PID -> NSID="NAMESPACE ID" from a shim command line (-namespac
     if [ -n "$ns" ] && [ -n "$id" ]; then NSID="$ns $id"; fi
     return 0
 }
-exe_base() { local e; e=$(readlink "/proc/$1/exe" 2>/dev/null) || return 0; e=${e% (deleted)}; echo "${e##*/}"; }
+exe_base() {
+    local e a=""
+    e=$(readlink "/proc/$1/exe" 2>/dev/null) || return 0
+    e=${e% (deleted)}
+    # Our daemon runs from a detached read-only view of its binary (README "Security"), whose
+    # link reads "/": its name is then the command's.
+    if [ "$e" = / ]; then
+        IFS= read -r -d '' a <"/proc/$1/cmdline" || true
+        e=$a
+    fi
+    echo "${e##*/}"
+}
 
 # shim_pids_of ID TASKPID SHIMNAME -> every process of the shim binary belonging to the container:
 # the task's ancestors of that binary, all their descendants of that binary, and any process of that
