@@ -17,7 +17,7 @@ CONTAINERD_VERSIONS ?= 1.7.24 2.1.9
 MATRIX_TESTS ?= --test e2e_lifecycle --test e2e_exec --test e2e_stdio
 VERSIONS_SCRIPT := tests/harness/containerd-versions.sh
 
-.PHONY: all deps build install demo demo-run test test-matrix test-cri-matrix test-systemd test-cgroupv2 containerd-versions lint bench clean fuzz
+.PHONY: all deps ensure-demo-deps ensure-test-deps build install demo demo-run test test-matrix test-cri-matrix test-systemd test-cgroupv2 containerd-versions lint bench clean fuzz
 
 all: build
 
@@ -26,9 +26,18 @@ all: build
 DEB_PACKAGES := containerd runc busybox-static hyperfine strace jq libseccomp-dev pkg-config make \
 	containernetworking-plugins protobuf-compiler gcc libc6-dev \
 	qemu-system-x86 cpio
+# What the demo needs: containerd and runc (the baseline), the busybox image's source, and
+# the build (libseccomp, pkg-config, a C toolchain).
+DEMO_PACKAGES := containerd runc busybox-static libseccomp-dev pkg-config gcc libc6-dev
 deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES)
+
+# Installs only what is missing (nothing when all is there) and checks for cargo.
+ensure-demo-deps:
+	@CARGO="$(CARGO)" bash tests/harness/ensure-deps.sh $(DEMO_PACKAGES)
+ensure-test-deps:
+	@CARGO="$(CARGO)" bash tests/harness/ensure-deps.sh $(DEB_PACKAGES)
 
 build:
 	$(CARGO) build --release
@@ -38,7 +47,8 @@ install:
 	@test -x "$(SHIM)" || { echo "$(SHIM) missing: run 'make build' first" >&2; exit 1; }
 	install -D -m 0755 "$(SHIM)" "$(DESTDIR)$(PREFIX)/bin/$(BIN)"
 
-demo: build
+demo: ensure-demo-deps
+	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory demo-run
 
 # The demo without the build step (RUNTIME and SHIM can be overridden).
@@ -64,7 +74,7 @@ demo-run:
 
 # Unit tests and the e2e tests (tests/e2e_*.rs; those need root and fail, not skip, without it),
 # then the e2e matrix over the other containerd versions, then the cgroup v2 VM.
-test:
+test: ensure-test-deps
 	@if [ "$$(id -u)" != 0 ]; then echo "note: the e2e tests need root; they will fail as $$(id -un)" >&2; fi
 	$(CARGO) test --workspace
 	@$(MAKE) --no-print-directory test-matrix

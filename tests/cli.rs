@@ -45,3 +45,28 @@ fn spec_prints_a_default_config_json() {
     assert_eq!(doc["process"]["args"][0], "sh");
     assert_eq!(doc["ociVersion"], "1.3.0");
 }
+
+#[test]
+fn version_names_the_commit_and_the_features() {
+    let out = Command::new(BIN).arg("-v").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("io.containerd.rs.v1:\n"), "{text}");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}:")))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_string()
+    };
+    assert_eq!(field("Version"), env!("CARGO_PKG_VERSION"));
+    // A checkout's commit (12 hex digits, "-dirty" with local changes), as git reports it.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert!(field("Revision").starts_with(&head), "{text}");
+    assert!(field("Compiler").starts_with("rustc "), "{text}");
+    assert!(field("Features").contains("libseccomp 2."), "{text}");
+}

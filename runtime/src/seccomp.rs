@@ -97,7 +97,8 @@ fn compare(index: u8, c: Compare) -> ScmpArgCompare {
     ScmpArgCompare::new(index.into(), op, datum)
 }
 
-fn library_version() -> String {
+/// The libseccomp version this process runs with.
+pub fn library_version() -> String {
     libseccomp::ScmpVersion::current()
         .map(|v| v.to_string())
         .unwrap_or_else(|_| "unknown".into())

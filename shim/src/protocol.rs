@@ -60,7 +60,7 @@ pub fn main() -> i32 {
         }
     };
     if flags.version {
-        println!("{RUNTIME_NAME}:\n  Version: {}", env!("CARGO_PKG_VERSION"));
+        print!("{}", version_text());
         return 0;
     }
     let result = if flags.info {
@@ -90,6 +90,26 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// `-v`: the version, the commit and what this build can do, in the layout of containerd's
+/// own shims (`containerd-shim-runc-v2 -v`).
+fn version_text() -> String {
+    let linkage = if cfg!(target_feature = "crt-static") {
+        "static"
+    } else {
+        "dynamic (glibc)"
+    };
+    format!(
+        "{RUNTIME_NAME}:\n  Version:  {}\n  Revision: {}\n  Compiler: {}\n  Linkage:  {linkage}\n  \
+         Features: seccomp (libseccomp {}, SCMP_ACT_NOTIFY), cgroup v1, cgroup v2 (eBPF device \
+         filter, CLONE_INTO_CGROUP), systemd cgroup driver (D-Bus), user and time namespaces, \
+         idmapped mounts, OCI hooks; no checkpoint/restore\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("SHIM_RS_COMMIT"),
+        env!("SHIM_RS_RUSTC"),
+        runtime::seccomp::library_version(),
+    )
 }
 
 const FEATURES_TYPE_URL: &str =
