@@ -17,7 +17,7 @@ CONTAINERD_VERSIONS ?= 1.7.24 2.1.9
 MATRIX_TESTS ?= --test e2e_lifecycle --test e2e_exec --test e2e_stdio
 VERSIONS_SCRIPT := tests/harness/containerd-versions.sh
 
-.PHONY: all deps ensure-demo-deps ensure-test-deps build install demo demo-run test test-matrix test-cri-matrix test-systemd test-cgroupv2 containerd-versions lint bench clean fuzz
+.PHONY: all deps ensure-demo-deps ensure-test-deps build install demo demo-run test test-matrix test-cri-matrix test-systemd test-cgroupv2 containerd-versions lint bench clean fuzz deb test-deb static test-static
 
 all: build
 
@@ -41,6 +41,33 @@ ensure-test-deps:
 
 build:
 	$(CARGO) build --release
+
+# A Debian package of the release binary (packaging/build-deb.sh, dpkg-deb), into target/deb.
+DEB_DIR := target/deb
+deb: build
+	bash packaging/build-deb.sh "$(SHIM)" "$(DEB_DIR)"
+
+# Installs the package system-wide and runs a container with it through a containerd that
+# finds the shim as a system containerd does; removes it again. For CI's fresh machine.
+test-deb: build
+	@deb="$$(bash packaging/build-deb.sh "$(SHIM)" "$(DEB_DIR)")" && bash packaging/test-deb.sh "$$deb"
+
+# One binary for every other distribution: glibc and libseccomp linked statically (Debian's
+# libseccomp.a from libseccomp-dev). The shim does no NSS lookups (users and groups come from
+# the container's own /etc/passwd and /etc/group), which static glibc could not do.
+STATIC_TARGET ?= $(shell rustc -vV | sed -n 's/^host: //p')
+STATIC_SHIM := target/$(STATIC_TARGET)/release/$(BIN)
+static:
+	LIBSECCOMP_LINK_TYPE=static \
+	LIBSECCOMP_LIB_PATH="$$(dirname "$$(find /usr/lib /usr/lib64 -name libseccomp.a 2>/dev/null | head -n 1)")" \
+	RUSTFLAGS="-C target-feature=+crt-static" \
+		$(CARGO) build --release --target $(STATIC_TARGET) --bin $(BIN)
+	@! readelf -d "$(STATIC_SHIM)" | grep -q NEEDED || { echo "$(STATIC_SHIM) needs shared libraries" >&2; exit 1; }
+
+# The static binary through the lifecycle and exec suites (the harness installs it in place
+# of the one cargo built).
+test-static: static
+	SHIM_RS_SHIM_BIN="$(CURDIR)/$(STATIC_SHIM)" $(CARGO) test --test e2e_lifecycle --test e2e_exec
 
 # No dependency on build: `sudo make install` after `make build` must not need cargo as root.
 install:
@@ -132,9 +159,18 @@ fuzz:
 		$(CARGO) fuzz run $$t --sanitizer none -- -max_total_time=$(FUZZ_SECONDS); \
 	done
 
-bench: build
+# Our dynamic and static binaries side by side with runc.v2; the static one is installed as
+# containerd-shim-rsstatic-v1, the runtime io.containerd.rsstatic.v1 (containerd derives the
+# binary's name from the runtime type).
+BENCH_BIN_DIR := $(CURDIR)/.work/bench-bin
+bench: build static
 	@test -f tests/bench.sh || { echo "tests/bench.sh missing" >&2; exit 1; }
-	bash tests/bench.sh $(BENCH_ARGS)
+	mkdir -p "$(BENCH_BIN_DIR)"
+	cp "$(SHIM)" "$(BENCH_BIN_DIR)/$(BIN)"
+	cp "$(STATIC_SHIM)" "$(BENCH_BIN_DIR)/containerd-shim-rsstatic-v1"
+	BENCH_BINDIR="$(BENCH_BIN_DIR)" \
+	BENCH_RUNTIMES="$${BENCH_RUNTIMES:-io.containerd.runc.v2 io.containerd.rs.v1 io.containerd.rsstatic.v1}" \
+		bash tests/bench.sh $(BENCH_ARGS)
 
 # Removes only what this Makefile and the harness made under .work (another
 # tool's live environment there is left alone).

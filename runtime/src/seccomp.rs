@@ -228,8 +228,15 @@ impl Filter {
     /// notifies. Whatever runs after this runs under the filter: no allocation-heavy work.
     pub fn load(self) -> Result<Option<OwnedFd>> {
         self.ctx.load().map_err(|e| {
+            // Without CONFIG_SECCOMP_FILTER the kernel has no filter to load into.
+            let hint = if std::fs::metadata("/proc/sys/kernel/seccomp/actions_avail").is_err() {
+                "; this kernel has no seccomp filter support (CONFIG_SECCOMP_FILTER): use a \
+                 kernel with it, or run the container without a seccomp profile"
+            } else {
+                ""
+            };
             Error::Init(format!(
-                "linux.seccomp: load the filter (libseccomp {}): {e}",
+                "linux.seccomp: load the filter (libseccomp {}): {e}{hint}",
                 library_version()
             ))
         })?;

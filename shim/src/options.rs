@@ -161,6 +161,7 @@ fn parse_toml_body(body: &str) -> RuntimeOptions {
         );
         match key {
             "SystemdCgroup" => o.systemd_cgroup = value == "true",
+            "NoPivotRoot" => o.no_pivot_root = value == "true",
             "ShimCgroup" if !value.is_empty() => o.shim_cgroup = Some(value.to_owned()),
             "IoUid" | "IoGid" => match value.parse::<u32>() {
                 Ok(id) if key == "IoUid" => io_uid = id,
@@ -178,6 +179,17 @@ fn parse_toml_body(body: &str) -> RuntimeOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_options_name_what_a_runtime_entry_sets() {
+        let o = parse_toml_body(
+            "SystemdCgroup = true\nNoPivotRoot = true\nShimCgroup = \"/shims\"\nIoUid = 1000\nIoGid = 1001\nBinaryName = \"runc\"\n",
+        );
+        assert!(o.systemd_cgroup && o.no_pivot_root);
+        assert_eq!(o.shim_cgroup.as_deref(), Some("/shims"));
+        assert_eq!(o.io_owner, Some((1000, 1001)));
+        assert_eq!(o.ignored, ["BinaryName"]);
+    }
 
     fn any(type_url: &str, value: Vec<u8>) -> Any {
         Any {

@@ -437,7 +437,18 @@ fn write_file(path: &Path, value: &str) -> Result<()> {
         .truncate(true)
         .open(path)
         .and_then(|mut f| f.write_all(value.as_bytes()))
-        .map_err(|e| Error::Other(format!("write {value:?} to {}: {e}", path.display())))
+        .map_err(|e| {
+            // A missing file is a controller that is not there: not in this kernel, not
+            // mounted (v1), or not enabled in the parent's cgroup.subtree_control (v2).
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                ": the cgroup controller of this file is not available for the container's \
+                 cgroup; enable it (cgroup v2: the parent's cgroup.subtree_control; v1: mount \
+                 its hierarchy) or leave the limit out of the spec"
+            } else {
+                ""
+            };
+            Error::Other(format!("write {value:?} to {}: {e}{hint}", path.display()))
+        })
 }
 
 /// Fills an empty cpuset.cpus/mems from the nearest ancestor, top down (v1 refuses tasks otherwise).

@@ -65,12 +65,33 @@ fn clone_with(flags: libc::c_int, pidfd: Option<&mut libc::c_int>, what: &str) -
         )
     };
     if pid < 0 {
+        let e = std::io::Error::last_os_error();
         return Err(Error::Other(format!(
-            "clone {what}: {}",
-            std::io::Error::last_os_error()
+            "clone {what}: {e}{}",
+            namespace_hint(flags, e.raw_os_error())
         )));
     }
     Ok(pid as i32)
+}
+
+/// What to do when the kernel refuses the namespaces a clone asks for.
+fn namespace_hint(flags: libc::c_int, errno: Option<i32>) -> &'static str {
+    let userns = flags & libc::CLONE_NEWUSER != 0;
+    match errno {
+        Some(libc::ENOSPC) => {
+            "; a namespace limit is reached (/proc/sys/user/max_*_namespaces): raise it, or \
+             remove containers"
+        }
+        Some(libc::EINVAL | libc::EPERM | libc::EUSERS) if userns => {
+            "; user namespaces are not available here: enable them (kernel CONFIG_USER_NS, \
+             sysctl user.max_user_namespaces > 0) or run the container without a user \
+             namespace (linux.namespaces, uidMappings)"
+        }
+        Some(libc::EINVAL) if flags & (libc::CLONE_NEWPID | libc::CLONE_NEWNET) != 0 => {
+            "; the kernel lacks a namespace type this container asks for (linux.namespaces)"
+        }
+        _ => "",
+    }
 }
 
 /// struct clone_args of clone3(2), up to `cgroup` (Linux 5.7).
