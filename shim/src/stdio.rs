@@ -458,9 +458,21 @@ pub struct ProcessIo {
 
 /// How long an exit waits for the client to take the process's last output.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-/// A reader that takes nothing for this long is not reading (a detached client): the data
-/// stays in the fifo for the next one.
-const DRAIN_STALL: Duration = Duration::from_millis(100);
+
+/// Whether the fifo or pipe `f` writes to has a reader now: opening another write end
+/// without blocking fails with ENXIO when nobody has it open for reading (a detached
+/// client), and then there is nobody to wait for.
+fn has_reader(f: &File) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", f.as_raw_fd()))
+    {
+        Ok(_) => true,
+        Err(e) => e.raw_os_error() != Some(libc::ENXIO),
+    }
+}
 
 /// Bytes written to a fifo or pipe that its reader has not taken yet; None on error.
 fn pending_bytes(f: &File) -> Option<libc::c_int> {
@@ -477,8 +489,8 @@ pub struct Drain {
     deadline: std::time::Instant,
     /// The terminal copy has reached EOF (or there is none).
     console_done: bool,
-    /// Our handles on the output streams: (stream, bytes pending last time, since when).
-    outputs: Vec<(File, libc::c_int, std::time::Instant)>,
+    /// Our handles on the output streams.
+    outputs: Vec<File>,
 }
 
 impl Drain {
@@ -500,18 +512,13 @@ impl Drain {
                 return false;
             }
         }
-        self.outputs
-            .retain_mut(|(f, last, since)| match pending_bytes(f) {
-                Some(n) if n > 0 && !late => {
-                    if n < *last {
-                        (*last, *since) = (n, now);
-                        true
-                    } else {
-                        now.duration_since(*since) < DRAIN_STALL
-                    }
-                }
-                _ => false,
-            });
+        // A client that is still there gets until the deadline to read, however slowly (a
+        // loaded machine): it cancels its copy once it has the exit (containerd's client
+        // does, at Delete), so what it has not read by then is lost.
+        self.outputs.retain(|f| match pending_bytes(f) {
+            Some(n) if n > 0 && !late => has_reader(f),
+            _ => false,
+        });
         if !self.outputs.is_empty() {
             return false;
         }
@@ -564,7 +571,6 @@ impl ProcessIo {
         let now = std::time::Instant::now();
         let outputs = std::mem::take(&mut *self.outputs.lock().unwrap_or_else(|p| p.into_inner()))
             .into_iter()
-            .map(|f| (f, libc::c_int::MAX, now))
             .collect();
         Drain {
             io: self.clone(),
