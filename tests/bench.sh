@@ -8,6 +8,8 @@
 #  1. start latency: hyperfine of `ctr run --rm --runtime RT IMAGE <unique id> true`, run in
 #     BENCH_ROUNDS rounds whose runtime order alternates (interleaving), min / median / ratio;
 #     plus `ctr version` as the floor of any ctr call.
+#  1b. exec latency: hyperfine of `ctr task exec --exec-id X ID true` into one running container
+#     per runtime, in the same rounds, min / median / ratio.
 #  2. memory per container: BENCH_MEM_CONTAINERS sleeping containers per runtime; every process of the
 #     shim binary that belongs to a container (daemon and any helper such as a zygote) is summed:
 #     RSS, PSS, USS (= Private_Clean + Private_Dirty) from /proc/PID/smaps_rollup, threads from status.
@@ -287,6 +289,30 @@ for rt in "${RUNTIMES[@]}"; do LAT[$rt]=$(stats latency "$rt"); done
 [ "$BENCH_CTR_FLOOR" = 1 ] && FLOOR=$(stats latency "ctr version")
 verify_clean "after latency runs"
 
+# 1b. Exec latency: `ctr task exec` of `true` into a running container of each runtime -------------
+declare -A EXEC=()
+exec_cmd() { # RT -> shell command that runs one exec with a fresh exec id
+    local tag; tag=$(tag_of "$1")
+    echo "read n < $SCRATCH/ids/$tag.x; n=\$((n+1)); echo \$n > $SCRATCH/ids/$tag.x; exec $ctr_cmd task exec --exec-id x\$n exec-$tag true"
+}
+specs=()
+for rt in "${RUNTIMES[@]}"; do
+    tag=$(tag_of "$rt")
+    echo 0 >"$SCRATCH/ids/$tag.x"
+    ctrx run -d --runtime "$rt" "$BENCH_IMAGE" "exec-$tag" sleep 600 >/dev/null ||
+        die "ctr run -d exec-$tag with $rt failed"
+    specs+=("$rt=$(exec_cmd "$rt")")
+done
+run_rounds exec "$BENCH_ROUNDS" "$per_round" "$warm_first" "$warm_later" "${specs[@]}"
+for rt in "${RUNTIMES[@]}"; do
+    EXEC[$rt]=$(stats exec "$rt")
+    tag=$(tag_of "$rt")
+    ctrx task kill -s SIGKILL "exec-$tag" >/dev/null 2>&1 || true
+    for _ in $(seq 50); do ctrx task rm "exec-$tag" >/dev/null 2>&1 && break; sleep 0.1; done
+    ctrx container rm "exec-$tag" >/dev/null 2>&1 || true
+done
+verify_clean "after exec runs"
+
 # 2. Burst: N containers back to back, and N with P at a time ---------------------------------------
 if [ "$BENCH_BURST_COUNT" -gt 0 ]; then
     cat >"$SCRATCH/burst.sh" <<EOF
@@ -505,6 +531,16 @@ results=$BENCH_OUT/results.md
         size=${SIZE[$rt]}
         [ "${SIZE_DETAIL[$rt]}" != "$size" ] && size="$size (${SIZE_DETAIL[$rt]})"
         echo "| $(short "$rt") | $(ms "$mn") / $(ms "$md") | $(ratio "$mn" "$bmin") / $(ratio "$md" "$bmed") | $rss | $pss | $uss | $th | $np | $size |"
+    done
+    echo
+    echo "\`ctr task exec --exec-id X ID true\` into a running container, as many runs and rounds:"
+    echo
+    echo "| runtime | exec min / median (ms) | ratio to $(short "$BENCH_BASELINE") (min / median) |"
+    echo "|---|---|---|"
+    read -r _ xbmin xbmed _ <<<"${EXEC[$BENCH_BASELINE]}"
+    for rt in "${RUNTIMES[@]}"; do
+        read -r _ mn md _ <<<"${EXEC[$rt]}"
+        echo "| $(short "$rt") | $(ms "$mn") / $(ms "$md") | $(ratio "$mn" "$xbmin") / $(ratio "$md" "$xbmed") |"
     done
     if [ -n "$FLOOR" ]; then
         read -r _ mn md _ <<<"$FLOOR"
