@@ -1,5 +1,5 @@
-//! OOM events: one thread per daemon waits (epoll) on every container's OOM notification and
-//! publishes `/tasks/oom`. cgroup v1: an eventfd registered on memory.oom_control through
+//! OOM events: the daemon's event loop watches (through one epoll descriptor of its own,
+//! nested in the loop's) every container's OOM notification and publishes `/tasks/oom`. cgroup v1: an eventfd registered on memory.oom_control through
 //! cgroup.event_control. cgroup v2: inotify on memory.events, whose `oom_kill` counter grows.
 //!
 //! The exit path calls [`OomWatcher::check`] before it publishes an init's TaskExit: the kernel
@@ -19,7 +19,7 @@ use containerd_shim_protos::{events::task::TaskOOM, topics};
 use log::{debug, error, warn};
 use runtime::cgroups::{live, CgroupPlan, Layout};
 
-use crate::events::EventQueue;
+use crate::{events::EventQueue, reactor::Reactor};
 
 /// epoll token of the shared inotify descriptor; containers get tokens from 1 up.
 const INOTIFY_TOKEN: u64 = 0;
@@ -130,8 +130,10 @@ impl Entry {
 }
 
 impl OomWatcher {
-    /// Creates the epoll and inotify descriptors and starts the watcher thread.
-    pub fn start(events: Arc<EventQueue>) -> io::Result<OomWatcher> {
+    /// Creates the epoll and inotify descriptors and hands the epoll descriptor to the
+    /// daemon's event loop, which runs the watcher whenever a notification is ready: no
+    /// thread of its own.
+    pub fn start(events: Arc<EventQueue>, reactor: &mut Reactor) -> io::Result<OomWatcher> {
         // SAFETY: plain syscalls creating new descriptors.
         let epoll = owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         let inotify = owned(unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) })?;
@@ -145,31 +147,31 @@ impl OomWatcher {
                 ..Default::default()
             }),
         }));
-        let thread = w.clone();
-        std::thread::Builder::new()
-            .name("oom".into())
-            .spawn(move || thread.run())?;
+        let on_ready = w.clone();
+        reactor.add(w.0.epoll.as_raw_fd(), false, move |_, _| {
+            on_ready.dispatch_ready()
+        })?;
         Ok(w)
     }
 
-    fn run(&self) {
+    /// Publishes what the ready notifications report; never blocks.
+    fn dispatch_ready(&self) {
         let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 16];
-        loop {
+        {
             // SAFETY: the buffer is valid for `ready.len()` events.
             let n = unsafe {
                 libc::epoll_wait(
                     self.0.epoll.as_raw_fd(),
                     ready.as_mut_ptr(),
                     ready.len() as i32,
-                    -1,
+                    0,
                 )
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+                if e.kind() != io::ErrorKind::Interrupted {
+                    error!("oom watcher: epoll_wait: {e}");
                 }
-                error!("oom watcher: epoll_wait: {e}");
                 return;
             }
             for ev in &ready[..n as usize] {

@@ -392,10 +392,10 @@ fn daemon(cfg: &DaemonConfig, listener: UnixListener) -> Result<(), String> {
         EventQueue::start(cfg.ttrpc_address.clone(), cfg.namespace.clone())
             .map_err(|e| format!("start the events thread: {e}"))?,
     );
-    let oom = OomWatcher::start(events.clone())
+    let mut reactor = Reactor::new().map_err(|e| format!("event loop: {e}"))?;
+    let oom = OomWatcher::start(events.clone(), &mut reactor)
         .map_err(|e| error!("OOM watcher: {e}: no /tasks/oom events from this shim"))
         .ok();
-    let mut reactor = Reactor::new().map_err(|e| format!("event loop: {e}"))?;
     let service = Arc::new(Service::new(
         cfg.namespace.clone(),
         zygote,
