@@ -17,7 +17,7 @@ use std::{
     fs,
     os::unix::fs::symlink,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -592,39 +592,9 @@ fn no_pivot_root_uses_move_and_chroot() {
 
 /// Runs `f` while strace follows our containerd and its descendants for `syscalls`.
 fn traced<T>(syscalls: &[&str], f: impl FnOnce() -> T) -> (String, T) {
-    let strace = find_on_path("strace").expect("strace missing: apt-get install strace");
-    let e = env();
-    let file = e.workdir.join(format!("strace-{}.txt", unique_id("trace")));
-    let child = Command::new(&strace)
-        .args(["-f", "-qq", "-e"])
-        .arg(format!("trace={}", syscalls.join(",")))
-        .arg("-o")
-        .arg(&file)
-        .arg("-p")
-        .arg(e.containerd_pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn strace");
-    let mut st = Background(Some(child));
-    let tracer = st.pid();
-    let attached = wait_until(Duration::from_secs(15), || {
-        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", e.containerd_pid)) else {
-            return false;
-        };
-        tasks.flatten().all(|t| {
-            fs::read_to_string(t.path().join("status"))
-                .map(|s| s.lines().any(|l| l == format!("TracerPid:\t{tracer}")))
-                .unwrap_or(false)
-        })
-    });
-    assert!(attached, "strace did not attach to containerd");
-    let r = f();
-    assert!(st.stop(libc::SIGINT, Duration::from_secs(10)).is_some());
-    let trace = fs::read_to_string(&file).unwrap_or_default();
-    let _ = fs::remove_file(&file);
-    (trace, r)
+    let mut result = None;
+    let trace = trace_containerd(&syscalls.join(","), || result = Some(f()));
+    (trace, result.expect("the traced closure ran"))
 }
 
 // ----------------------------------------------------------------- devices ---
