@@ -11,6 +11,8 @@
 //! Sizes (churn, exec count) can be raised with SHIM_RS_CHURN and SHIM_RS_EXECS; the
 //! defaults and their measured runtimes are in the README ("Faults").
 
+#[path = "common/api.rs"]
+mod api;
 mod common;
 
 use std::{
@@ -29,6 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use api::{Api, PROCESS_TYPE_URL};
 use common::*;
 use containerd_client::{
     services::v1::{
@@ -385,31 +388,7 @@ fn cgroups_of(id: &str) -> Vec<PathBuf> {
 
 // ----------------------------------------------------------- gRPC API ---
 
-/// containerd's gRPC API on the private socket, as its Go client uses it.
-struct Api {
-    rt: tokio::runtime::Runtime,
-    channel: Channel,
-}
-
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
-const PROCESS_SPEC: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
-
-impl Api {
-    fn connect() -> Api {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let channel = rt
-            .block_on(containerd_client::connect(&env().address))
-            .expect("connect to containerd");
-        Api { rt, channel }
-    }
-
-    fn block<F: Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
-    }
-}
 
 fn tasks(ch: &Channel) -> TasksClient<Channel> {
     TasksClient::new(ch.clone())
@@ -497,7 +476,7 @@ async fn exec(
         terminal,
         stdout: stdout.into(),
         spec: Some(prost_types::Any {
-            type_url: PROCESS_SPEC.into(),
+            type_url: PROCESS_TYPE_URL.into(),
             value: serde_json::to_vec(&spec).unwrap(),
         }),
         ..Default::default()
@@ -642,8 +621,8 @@ impl ExitEvents {
                     value: Vec::new(),
                 }),
             };
-            let _ = api.block(
-                EventsClient::new(api.channel.clone()).publish(with_namespace!(req, namespace())),
+            let _ = api.rt.block_on(
+                EventsClient::new(api.channel()).publish(with_namespace!(req, namespace())),
             );
             wait_until(Duration::from_millis(300), || live.load(Ordering::SeqCst))
         });
@@ -1830,9 +1809,11 @@ fn a_stdout_fifo_nobody_reads_never_blocks_create() {
     let id = create_container("noreader", &["sh", "-c", "echo lost; exit 3"]);
     let fifo = env().workdir.join(format!("{id}.stdout"));
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let ch = api.channel.clone();
+    let ch = api.channel();
     let t0 = Instant::now();
-    let created = api.block(create_task(&ch, &id, &fifo.display().to_string()));
+    let created = api
+        .rt
+        .block_on(create_task(&ch, &id, &fifo.display().to_string()));
     if created.is_err() {
         // Unblock a shim stuck in open(2) so that the test can clean up.
         let _reader = fs::File::options()
@@ -1848,10 +1829,10 @@ fn a_stdout_fifo_nobody_reads_never_blocks_create() {
         "Create took {:?}",
         t0.elapsed()
     );
-    api.block(start(&ch, &id, "")).expect("Start");
-    let code = api.block(wait(&ch, &id, "", Duration::from_secs(15)));
+    api.rt.block_on(start(&ch, &id, "")).expect("Start");
+    let code = api.rt.block_on(wait(&ch, &id, "", Duration::from_secs(15)));
     assert_eq!(code.ok(), Some(3), "Wait");
-    assert_eq!(api.block(delete_task(&ch, &id)).ok(), Some(3));
+    assert_eq!(api.rt.block_on(delete_task(&ch, &id)).ok(), Some(3));
     ctr_ok(&["container", "rm", &id]);
     let _ = fs::remove_file(&fifo);
     assert_no_leftovers(&id);
@@ -1869,12 +1850,12 @@ fn quick_exec_exits_never_hold_back_the_inits_exit() {
     let rounds = count_from_env("SHIM_RS_QUICK_EXEC_ROUNDS", 15);
     let events = ExitEvents::subscribe();
     let api = Api::connect();
-    let ch = api.channel.clone();
+    let ch = api.channel();
     for round in 0..rounds {
         let id = create_container("quick-exec", &["sleep", "600"]);
-        api.block(create_task(&ch, &id, "")).expect("Create");
-        api.block(start(&ch, &id, "")).expect("Start");
-        let started: Vec<String> = api.block(async {
+        api.rt.block_on(create_task(&ch, &id, "")).expect("Create");
+        api.rt.block_on(start(&ch, &id, "")).expect("Start");
+        let started: Vec<String> = api.rt.block_on(async {
             let mut set = tokio::task::JoinSet::new();
             for i in 0..12 {
                 let (ch, id) = (ch.clone(), id.clone());
@@ -1898,10 +1879,12 @@ fn quick_exec_exits_never_hold_back_the_inits_exit() {
             }
             started
         });
-        let code = api.block(wait(&ch, &id, "", Duration::from_secs(20)));
+        let code = api.rt.block_on(wait(&ch, &id, "", Duration::from_secs(20)));
         assert_eq!(code.ok(), Some(137), "round {round}: Wait on the init");
         for exec_id in &started {
-            let code = api.block(wait(&ch, &id, exec_id, Duration::from_secs(20)));
+            let code = api
+                .rt
+                .block_on(wait(&ch, &id, exec_id, Duration::from_secs(20)));
             assert!(code.is_ok(), "round {round}: Wait on {exec_id}: {code:?}");
         }
         let init_seen = events.wait_for(&id, Duration::from_secs(10), |x| {
@@ -1923,7 +1906,7 @@ fn quick_exec_exits_never_hold_back_the_inits_exit() {
                 "round {round}: TaskExit of {exec_id}: {order:?}"
             );
         }
-        api.block(delete_task(&ch, &id)).expect("Delete");
+        api.rt.block_on(delete_task(&ch, &id)).expect("Delete");
         ctr_ok(&["container", "rm", &id]);
         assert_no_leftovers(&id);
     }
@@ -1985,7 +1968,7 @@ fn terminal_execs_held_open_are_bounded_and_delay_no_other_exit() {
     }
     let _serial = exclusive();
     let api = Api::connect();
-    let ch = api.channel.clone();
+    let ch = api.channel();
     let c = Detached::sleeping("held-open");
     let daemon = shim_procs(&c.0).daemon;
     let idle_threads = threads(daemon);
@@ -1993,7 +1976,7 @@ fn terminal_execs_held_open_are_bounded_and_delay_no_other_exit() {
     let out = reader.path.display().to_string();
     let n = 100;
     let t0 = Instant::now();
-    let (held, other) = api.block(async {
+    let (held, other) = api.rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..n {
             let (ch, id, out) = (ch.clone(), c.0.clone(), out.clone());
@@ -2065,7 +2048,7 @@ fn a_pod_shim_after_many_execs_is_back_to_idle_size() {
     let total = count_from_env("SHIM_RS_EXECS", 10_000);
     let in_flight = 8;
     let api = Api::connect();
-    let ch = api.channel.clone();
+    let ch = api.channel();
     let c = Detached::sleeping("many-execs");
     let daemon = shim_procs(&c.0).daemon;
     // Settled: the worker threads of the Create and Start are gone.
@@ -2088,7 +2071,7 @@ fn a_pod_shim_after_many_execs_is_back_to_idle_size() {
     };
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
-    let failures: Vec<String> = api.block(async {
+    let failures: Vec<String> = api.rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..in_flight {
             let (ch, id, next) = (ch.clone(), c.0.clone(), next.clone());

@@ -38,6 +38,11 @@ impl Api {
         Api { rt, channel }
     }
 
+    /// The connection, for clients of other services.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn tasks(&self) -> TasksClient<Channel> {
         TasksClient::new(self.channel.clone())
     }
