@@ -1606,7 +1606,8 @@ fn create_racing_shutdown_leaves_nothing_half_made() {
     }
     let _serial = shared();
     let mut outcomes: HashMap<&str, usize> = HashMap::new();
-    for round in 0..8 {
+    // Many short rounds: the window (Create read, its worker not yet started) is narrow.
+    for round in 0..32 {
         let shim = Standalone::start("cs-shim");
         let cid = unique_id(&format!("cs{round}"));
         let bundle = shim.bundle(&cid, &["sleep", "600"]);
@@ -1617,7 +1618,7 @@ fn create_racing_shutdown_leaves_nothing_half_made() {
                 shim_call::<_, shim_api::CreateTaskResponse>(&client, "Create", &req)
             });
             let client = shim.client();
-            let delay = Duration::from_micros(200 * round as u64);
+            let delay = Duration::from_micros(100 * (round % 8) as u64);
             let shutdown = s.spawn(move || {
                 thread::sleep(delay);
                 shim_call::<_, shim_api::Empty>(

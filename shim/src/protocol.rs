@@ -504,7 +504,7 @@ impl BundleWatch {
 
     fn watch(self, r: &mut Reactor, service: Arc<Service>) {
         r.after(Self::EVERY, move |r| {
-            if self.gone() && !service.has_containers() {
+            if self.gone() && service.close_if_idle() {
                 info!(
                     "shim daemon {}: bundle {} removed and no container here: containerd gave \
                      up on this shim; exiting",

@@ -45,6 +45,11 @@ impl Service {
         }
         {
             let mut reg = self.registry();
+            if reg.closing {
+                return Err(Error::FailedPrecondition(format!(
+                    "create {id}: the shim is shutting down"
+                )));
+            }
             if reg.containers.contains_key(&id) {
                 return Err(Error::AlreadyExists(format!(
                     "container {id} already exists"

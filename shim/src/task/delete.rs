@@ -149,7 +149,7 @@ impl Service {
     /// Shutdown: true when the daemon may exit, as it owns no container (and none is being
     /// created); the caller stops the reactor once the answer is out.
     pub(super) fn shutdown(&self, _req: &ShutdownRequest) -> bool {
-        let idle = !self.has_containers();
+        let idle = self.close_if_idle();
         if !idle {
             debug!("shutdown requested while containers remain: staying up");
         }

@@ -53,6 +53,9 @@ struct Registry {
     pids: HashMap<i32, (String, String)>,
     /// Exits reported before their pid was registered (see `exits`).
     unclaimed: HashMap<i32, runtime::launch::Exit>,
+    /// Set once the daemon decided to exit: a Create that reaches a worker after that
+    /// decision is refused rather than half-made in a process about to end.
+    closing: bool,
 }
 
 pub struct Service {
@@ -97,8 +100,14 @@ impl Service {
     }
 
     /// True while any container exists or is being created.
-    pub fn has_containers(&self) -> bool {
-        !self.registry().containers.is_empty()
+    /// True (and from then on every Create refused) when the daemon owns no container and
+    /// none is being created, so it may exit; decided under the lock Create reserves under.
+    pub fn close_if_idle(&self) -> bool {
+        let mut reg = self.registry();
+        if reg.containers.is_empty() {
+            reg.closing = true;
+        }
+        reg.closing
     }
 
     /// Runs one RPC: `method` is "/service/method", `payload` its encoded request.
