@@ -302,8 +302,13 @@ fn run_daemon() -> Result<(), String> {
         // SAFETY: fcntl with an integer argument on our descriptor.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    let cfg: DaemonConfig = serde_json::from_reader(config)
+    // Read whole, then parsed: serde_json's reader would read the unbuffered pipe a byte
+    // per syscall (hundreds of them before the daemon can answer containerd).
+    let mut text = Vec::with_capacity(1024);
+    std::io::Read::read_to_end(&mut { config }, &mut text)
         .map_err(|e| format!("read the daemon's configuration from start: {e}"))?;
+    let cfg: DaemonConfig = serde_json::from_slice(&text)
+        .map_err(|e| format!("parse the daemon's configuration from start: {e}"))?;
     let code = match daemon(&cfg, listener) {
         Ok(()) => 0,
         Err(e) => {

@@ -655,6 +655,50 @@ pub fn join(plan: &CgroupPlan, pid: i32) -> Result<()> {
     Ok(())
 }
 
+/// Starts, on a short-lived thread, a move of the calling process into the cgroup it is
+/// already in, so that the next real move finds the kernel ready for it.
+///
+/// Why: a write to cgroup.procs first turns the kernel's global cgroup-move lock to writer
+/// mode, which waits for an RCU grace period (10-20 ms on a small VM), and the lock stays
+/// turned for about one more grace period after the write. Moving an init or an exec into
+/// its v1 cgroups is on the path of every Create and exec Start; a no-op move started as
+/// soon as one is coming (the container's cgroups made, an Exec request) pays that wait
+/// while the launch does its other work. It holds the kernel's cgroup mutex while it waits,
+/// so it must not start before the container's cgroup directories are made. Nothing to do
+/// where nothing is moved: on a cgroup v2-only
+/// host processes are born in their cgroup (CLONE_INTO_CGROUP), which takes the lock only
+/// for reading. At most one such thread runs at a time.
+pub fn prime_moves() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    let layout = Layout::host();
+    if layout.hierarchies.iter().all(|h| h.unified) || RUNNING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("cgroup-prime".into())
+        .spawn(|| {
+            let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            let layout = Layout::host().with_own_cgroups(&own);
+            // A controller hierarchy rather than the named systemd one, which systemd owns.
+            let h = ["pids", "memory", "cpu"]
+                .iter()
+                .find_map(|c| layout.v1(c))
+                .or_else(|| layout.hierarchies.iter().find(|h| !h.unified));
+            if let Some(h) = h {
+                // "0": the writing process, into the cgroup it is in (a no-op move).
+                let procs = h.mountpoint.join(&h.own).join("cgroup.procs");
+                if let Err(e) = write_file(&procs, "0") {
+                    log::debug!("priming cgroup moves: {e}");
+                }
+            }
+            RUNNING.store(false, Ordering::Release);
+        });
+    if spawned.is_err() {
+        RUNNING.store(false, Ordering::Release);
+    }
+}
+
 /// Moves process `pid` into the existing cgroup `rel` (below each hierarchy's root), creating
 /// nothing, as containerd's runc shim joins its `shim_cgroup`: on a cgroup v2-only host the
 /// cgroup must exist; otherwise every v1 hierarchy that has it is joined, and at least one

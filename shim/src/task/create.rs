@@ -126,6 +126,9 @@ impl Service {
         // On an error it leaves nothing behind, and kills nothing: the cgroup may be
         // someone else's (see cgroups::create).
         cgroups::create(&plan.cgroup)?;
+        // The init's move comes once it is cloned: start the kernel's wait for it now (not
+        // before the cgroups are made: that wait holds the lock their mkdir needs).
+        cgroups::prime_moves();
         let c = Arc::new(Container::new(
             id.clone(),
             bundle.to_path_buf(),

@@ -22,6 +22,8 @@ use crate::{
 impl Service {
     pub(super) fn exec(&self, req: &ExecProcessRequest) -> Result<Empty> {
         let c = self.container(&req.id)?;
+        // Its Start moves the process into the container's cgroups: have the kernel ready.
+        runtime::cgroups::prime_moves();
         let any = req
             .spec
             .as_ref()
