@@ -162,13 +162,16 @@ fuzz:
 # Our dynamic and static binaries side by side with runc.v2; the static one is installed as
 # containerd-shim-rsstatic-v1, the runtime io.containerd.rsstatic.v1 (containerd derives the
 # binary's name from the runtime type).
+# The Kubernetes rows use the CRI client examples/cri_bench.rs (built from the dev-dependencies).
 BENCH_BIN_DIR := $(CURDIR)/.work/bench-bin
+CRI_BENCH := target/release/examples/cri_bench
 bench: build static
 	@test -f tests/bench.sh || { echo "tests/bench.sh missing" >&2; exit 1; }
+	$(CARGO) build --release --example cri_bench
 	mkdir -p "$(BENCH_BIN_DIR)"
 	cp "$(SHIM)" "$(BENCH_BIN_DIR)/$(BIN)"
 	cp "$(STATIC_SHIM)" "$(BENCH_BIN_DIR)/containerd-shim-rsstatic-v1"
-	BENCH_BINDIR="$(BENCH_BIN_DIR)" \
+	BENCH_BINDIR="$(BENCH_BIN_DIR)" BENCH_CRI_BIN="$(CURDIR)/$(CRI_BENCH)" \
 	BENCH_RUNTIMES="$${BENCH_RUNTIMES:-io.containerd.runc.v2 io.containerd.rs.v1 io.containerd.rsstatic.v1}" \
 		bash tests/bench.sh $(BENCH_ARGS)
 

@@ -10,11 +10,23 @@
 #     plus `ctr version` as the floor of any ctr call.
 #  1b. exec latency: hyperfine of `ctr task exec --exec-id X ID true` into one running container
 #     per runtime, in the same rounds, min / median / ratio.
+#  1c. execs in flight: BENCH_EXEC_BURST execs of `true` into that container, BENCH_EXEC_PAR at a
+#     time, BENCH_BURST_RUNS bursts per runtime (interleaved), min / median / ratio.
 #  2. memory per container: BENCH_MEM_CONTAINERS sleeping containers per runtime; every process of the
 #     shim binary that belongs to a container (daemon and any helper such as a zygote) is summed:
 #     RSS, PSS, USS (= Private_Clean + Private_Dirty) from /proc/PID/smaps_rollup, threads from status.
 #  3. binary sizes (shim + runc for the runc shims).
 #  4. BENCH_BURST_COUNT containers started back to back, and BENCH_BURST_PAR at a time.
+#  5. Kubernetes through CRI (BENCH_CRI=1): a second private containerd in the harness' CRI mode
+#     (handlers runc = io.containerd.runc.v2, rs = io.containerd.rs.v1, and one named after the tag of
+#     any other runtime, e.g. rsstatic-v1 = io.containerd.rsstatic.v1), driven over gRPC by
+#     examples/cri_bench.rs as kubelet would, handlers interleaved: the pod cycle (RunPodSandbox ->
+#     StopPodSandbox -> RemovePodSandbox), a container's create-to-remove in a running pod
+#     (CreateContainer, StartContainer, StopContainer timeout 0, RemoveContainer), ExecSync of `true`
+#     (p50 / p99 over BENCH_EXECSYNC_CALLS calls, then as many BENCH_EXEC_PAR in flight), and the pod's
+#     shim with one sandbox + two sleeping containers (BENCH_CRI_PODS such pods): PSS summed over every
+#     process of the shim binary serving the pod, threads idle (after 3 s quiet), at the ExecSync
+#     storm's peak and 3 s after.
 # Results: a Markdown table on stdout and in $BENCH_OUT/results.md; raw data (hyperfine JSON, memory
 # per container) in $BENCH_OUT/raw/.
 #
@@ -28,7 +40,15 @@
 #   BENCH_MEM_CONTAINERS  sleeping containers per runtime for the memory figures (0 = skip) [10]
 #   BENCH_BURST_COUNT     containers per burst (0 = skip the burst scenario) [20]
 #   BENCH_BURST_PAR       parallelism of the parallel burst (0 or 1 = sequential burst only) [4]
-#   BENCH_BURST_RUNS      timed bursts per runtime and mode [3]
+#   BENCH_BURST_RUNS      timed bursts per runtime and mode (containers and execs in flight) [3]
+#   BENCH_EXEC_BURST      execs per exec burst (0 = skip the execs in flight) [100]
+#   BENCH_EXEC_PAR        execs in flight in an exec burst, and ExecSyncs in the CRI storm [10]
+#   BENCH_CRI             1 = the Kubernetes (CRI) rows, 0 = skip them [1]
+#   BENCH_CRI_RUNS        pod cycles and container create-to-removes per handler [20]
+#   BENCH_EXECSYNC_CALLS  ExecSync calls per handler, one at a time (then as many in the storm) [100]
+#   BENCH_CRI_PODS        pods per handler for the pod shim's memory (mean per pod; a lone shim shares
+#                         its binary's pages with no one, so its PSS is nearly its RSS) [3]
+#   BENCH_CRI_BIN         the CRI client [target/release/examples/cri_bench]
 #   BENCH_BINDIR          where our shim binary is [target/release]
 #   BENCH_HARNESS         containerd harness [tests/harness/containerd.sh]
 #   BENCH_IMAGE           image [localhost/shim-rs/busybox:latest]
@@ -51,6 +71,13 @@ BENCH_MEM_CONTAINERS=${BENCH_MEM_CONTAINERS:-10}
 BENCH_BURST_COUNT=${BENCH_BURST_COUNT:-20}
 BENCH_BURST_PAR=${BENCH_BURST_PAR:-4}
 BENCH_BURST_RUNS=${BENCH_BURST_RUNS:-3}
+BENCH_EXEC_BURST=${BENCH_EXEC_BURST:-100}
+BENCH_EXEC_PAR=${BENCH_EXEC_PAR:-10}
+BENCH_CRI=${BENCH_CRI:-1}
+BENCH_CRI_RUNS=${BENCH_CRI_RUNS:-20}
+BENCH_EXECSYNC_CALLS=${BENCH_EXECSYNC_CALLS:-100}
+BENCH_CRI_PODS=${BENCH_CRI_PODS:-3}
+BENCH_CRI_BIN=${BENCH_CRI_BIN:-$ROOT/target/release/examples/cri_bench}
 BENCH_BINDIR=${BENCH_BINDIR:-$ROOT/target/release}
 BENCH_HARNESS=${BENCH_HARNESS:-$ROOT/tests/harness/containerd.sh}
 BENCH_IMAGE=${BENCH_IMAGE:-localhost/shim-rs/busybox:latest}
@@ -85,6 +112,10 @@ for rt in "${RUNTIMES[@]}"; do
     [ -n "$(shim_path_of "$rt")" ] ||
         die "no $(shim_name_of "$rt") in $BENCH_BINDIR or PATH for runtime $rt (run 'make bench', or cargo build --release)"
 done
+if [ "$BENCH_CRI" = 1 ]; then
+    [ -x "$BENCH_CRI_BIN" ] ||
+        die "no CRI client at $BENCH_CRI_BIN (cargo build --release --example cri_bench, or BENCH_CRI=0)"
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # Private containerd, unique namespace, cleanup on exit.
@@ -93,6 +124,10 @@ SCRATCH=$(mktemp -d "${BENCH_TMPDIR:-/tmp}/shim-rs-bench.XXXXXX")
 case $SCRATCH in *[[:space:]]*) rmdir "$SCRATCH"; die "scratch directory must not contain whitespace: $SCRATCH" ;; esac
 WORK=$SCRATCH/c
 SOCK=$WORK/containerd.sock
+# The CRI phase's own containerd (harness CRI mode), started only for that phase.
+CRI_WORK=$SCRATCH/cri
+CRI_SOCK=$CRI_WORK/containerd.sock
+CRI_STARTED=0
 CTR=ctr
 NS=bench-$(date +%s)-$$
 RAW=$BENCH_OUT/raw
@@ -114,14 +149,14 @@ alive_seen_pids() { # prints the recorded pids still alive (same start time)
     done
     return 0
 }
-sock_pids() { # processes started with our containerd's address on their command line (shims)
-    local d p args a
+sock_pids() { # [SOCKET] processes started with that containerd address on their command line
+    local d p args a sock=${1:-$SOCK}
     for d in /proc/[0-9]*; do
         p=${d#/proc/}
         [ "$p" = $$ ] && continue
         mapfile -d "" args 2>/dev/null <"$d/cmdline" || continue
         for a in "${args[@]}"; do
-            case $a in "$SOCK" | "unix://$SOCK" | *"=$SOCK" | *"=unix://$SOCK") echo "$p"; break ;; esac
+            case $a in "$sock" | "unix://$sock" | *"=$sock" | *"=unix://$sock") echo "$p"; break ;; esac
         done
     done
     return 0
@@ -172,6 +207,15 @@ cleanup() {
             tail -n 20 "$WORK/containerd.log" >&2
         fi
     fi
+    if [ "$CRI_STARTED" = 1 ]; then
+        cp "$CRI_WORK/containerd.log" "$RAW/containerd-cri.log" 2>/dev/null
+        if [ "$rc" != 0 ] && [ -f "$CRI_WORK/containerd.log" ]; then
+            echo "bench: last lines of the CRI containerd's log ($RAW/containerd-cri.log):" >&2
+            tail -n 20 "$CRI_WORK/containerd.log" >&2
+        fi
+        # Stops it, kills its shims and pods' processes, removes the pods' netns and cgroups.
+        "$BENCH_HARNESS" stop "$CRI_WORK" >/dev/null 2>&1 || warn "harness stop (CRI) failed"
+    fi
     if [ "$STARTED" = 1 ]; then
         remove_all_containers
         ctrx images rm "$BENCH_IMAGE" >/dev/null 2>&1
@@ -179,7 +223,7 @@ cleanup() {
         "$BENCH_HARNESS" stop "$WORK" >/dev/null 2>&1 || warn "harness stop failed"
     fi
     # Shims (and their helpers) that outlived containerd: ours by their address or their recorded pid.
-    left="$(sock_pids) $(alive_seen_pids)"
+    left="$(sock_pids) $(sock_pids "$CRI_SOCK") $(alive_seen_pids)"
     if [ -n "${left// /}" ]; then
         warn "killing leftover processes: $left"
         for p in $left; do kill -KILL "$p" 2>/dev/null; done
@@ -188,10 +232,10 @@ cleanup() {
     if [ -d "/run/containerd/runc/$NS" ]; then
         rm -rf "/run/containerd/runc/${NS:?}"
     fi
-    # Mounts left under the work directory (rootfs of a container whose delete failed).
+    # Mounts left under the work directories (rootfs of a container whose delete failed).
     while read -r m; do
         warn "unmounting leftover $m"; umount -l "$m" 2>/dev/null
-    done < <(awk -v w="$WORK/" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r)
+    done < <(awk -v w="$SCRATCH/" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r)
     if [ -n "$(awk -v w="$SCRATCH/" 'index($2, w) == 1' /proc/self/mounts)" ]; then
         warn "mounts still under $SCRATCH; not removing it"
     else
@@ -304,6 +348,25 @@ for rt in "${RUNTIMES[@]}"; do
     specs+=("$rt=$(exec_cmd "$rt")")
 done
 run_rounds exec "$BENCH_ROUNDS" "$per_round" "$warm_first" "$warm_later" "${specs[@]}"
+
+# 1c. Execs in flight: BENCH_EXEC_BURST execs into the same containers, BENCH_EXEC_PAR at a time.
+declare -A EXEC_BURST=()
+if [ "$BENCH_EXEC_BURST" -gt 0 ]; then
+    cat >"$SCRATCH/execburst.sh" <<EOF
+#!/bin/sh
+# execburst.sh TAG: $BENCH_EXEC_BURST execs of true into container exec-TAG, $BENCH_EXEC_PAR in flight.
+# Any failure fails the burst.
+set -eu
+tag=\$1 count=$BENCH_EXEC_BURST
+read n < $SCRATCH/ids/\$tag.x; echo \$((n + count)) > $SCRATCH/ids/\$tag.x
+seq \$((n + 1)) \$((n + count)) |
+    xargs -P $BENCH_EXEC_PAR -I@ $ctr_cmd task exec --exec-id b@ "exec-\$tag" true
+EOF
+    specs=()
+    for rt in "${RUNTIMES[@]}"; do specs+=("$rt=sh $SCRATCH/execburst.sh $(tag_of "$rt")"); done
+    run_rounds execburst "$BENCH_BURST_RUNS" 1 1 0 "${specs[@]}"
+    for rt in "${RUNTIMES[@]}"; do EXEC_BURST[$rt]=$(stats execburst "$rt"); done
+fi
 for rt in "${RUNTIMES[@]}"; do
     EXEC[$rt]=$(stats exec "$rt")
     tag=$(tag_of "$rt")
@@ -486,6 +549,49 @@ if [ "$BENCH_MEM_CONTAINERS" -gt 0 ]; then
     for rt in "${RUNTIMES[@]}"; do measure_memory "$rt"; done
 fi
 
+# 5. Kubernetes through CRI -----------------------------------------------------------------------------
+# handler_of RT -> the CRI runtime handler the CRI containerd maps to RT.
+handler_of() {
+    case $1 in
+        io.containerd.runc.v2) echo runc ;;
+        io.containerd.rs.v1) echo rs ;;
+        *) tag_of "$1" ;;
+    esac
+}
+CRI_JSON=""
+if [ "$BENCH_CRI" = 1 ]; then
+    extra=() handlers=()
+    for rt in "${RUNTIMES[@]}"; do
+        h=$(handler_of "$rt")
+        handlers+=("$h")
+        case $h in runc | rs) ;; *) extra+=("$h=$rt") ;; esac
+    done
+    log "CRI: private containerd in CRI mode in $CRI_WORK (handlers ${handlers[*]})"
+    CRI_STARTED=1
+    SHIM_RS_CRI=1 SHIM_RS_CRI_HANDLERS="${extra[*]}" CONTAINERD_NAMESPACE=k8s.io \
+        "$BENCH_HARNESS" start "$CRI_WORK" "${bindir_arg[@]}" >&2
+    [ -S "$CRI_SOCK" ] || die "no CRI containerd socket at $CRI_SOCK after harness start"
+    CRI_JSON=$RAW/cri.json
+    timeout -s KILL "$BENCH_TIMEOUT" "$BENCH_CRI_BIN" --socket "$CRI_SOCK" --workdir "$CRI_WORK" \
+        --handlers "$(IFS=,; echo "${handlers[*]}")" --image "$BENCH_IMAGE" --out "$CRI_JSON" \
+        --runs "$BENCH_CRI_RUNS" --exec-calls "$BENCH_EXECSYNC_CALLS" --exec-par "$BENCH_EXEC_PAR" \
+        --pods "$BENCH_CRI_PODS" >&2 ||
+        die "CRI: $BENCH_CRI_BIN failed (or took longer than ${BENCH_TIMEOUT}s)"
+    # Every pod is gone: no shim of this containerd may outlive it.
+    for _ in $(seq 50); do
+        left=$(sock_pids "$CRI_SOCK")
+        [ -z "$left" ] && break
+        sleep 0.1
+    done
+    [ -z "$left" ] || die "CRI: shims left after the pods were removed: ${left//$'\n'/ }"
+    pods=$(timeout -s KILL 60 "$CTR" --address "$CRI_SOCK" -n k8s.io c ls -q) || die "CRI: ctr c ls failed"
+    [ -z "$pods" ] || die "CRI: containers left: ${pods//$'\n'/ }"
+    cp "$CRI_WORK/containerd.log" "$RAW/containerd-cri.log" 2>/dev/null || true
+    "$BENCH_HARNESS" stop "$CRI_WORK" >&2 || die "CRI: harness stop failed"
+    CRI_STARTED=0
+    echo "bench: after CRI: clean (no pod, container or shim left; CRI containerd stopped)" >&2
+fi
+
 # 4. Binary sizes --------------------------------------------------------------------------------------
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b/1048576}'; }
 for rt in "${RUNTIMES[@]}"; do
@@ -504,6 +610,59 @@ done
 ms() { awk -v s="$1" 'BEGIN {printf "%.1f", s*1000}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f×", a/b; else printf "n/a"}'; }
 short() { local t=${1#io.containerd.}; echo "$t"; }
+
+# cri_report CRI_JSON: the "Kubernetes (CRI)" section (Markdown), ratios to the baseline's handler.
+cri_report() {
+    local base hmap=""
+    base=$(handler_of "$BENCH_BASELINE")
+    for rt in "${RUNTIMES[@]}"; do hmap="$hmap$(handler_of "$rt")=$(short "$rt") "; done
+    jq -r --arg base "$base" --arg hmap "$hmap" '
+        # Fixed decimals (jq 1.6 has no printf): D digits after the point.
+        def fixed(d): (. * pow(10; d) | round) as $n | pow(10; d) as $p
+            | "\($n / $p | floor).\((($n % $p) + $p | tostring)[1:])";
+        def f: fixed(1);
+        def r($a; $b): if ($b // 0) > 0 then ($a / $b | fixed(2)) + "×" else "n/a" end;
+        def mib: . / 1024 | fixed(2);
+        ($hmap | split(" ") | map(select(. != "") | split("=") | {(.[0]): .[1]}) | add) as $rt
+        | . as $j | $j.handlers as $hs
+        | (if ($hs | index($base)) then $base else $hs[0] end) as $b
+        | "### Kubernetes (CRI)",
+          "",
+          "The CRI plugin of containerd driven over gRPC as kubelet does (examples/cri_bench.rs), handlers interleaved (order alternating):",
+          "\(.runs) pod cycles (RunPodSandbox → StopPodSandbox → RemovePodSandbox) and \(.runs) container create-to-removes",
+          "(CreateContainer, StartContainer, StopContainer timeout 0, RemoveContainer; a `sleep` container in a running pod) per handler,",
+          "\(.exec_calls) ExecSync calls of `true` one at a time, then \(.exec_calls) with \(.exec_par) in flight. Times in ms; ratios to \($b).",
+          "",
+          "| handler (runtime) | pod cycle p50 / p90 / p99 | ratio p50 | container create-to-remove p50 / p90 / p99 | ratio p50 | ExecSync p50 / p99 | ratio p50 / p99 |",
+          "|---|---|---|---|---|---|---|",
+          ($hs[] as $h
+           | $j.pod_cycle_ms[$h].total.stats as $p | $j.pod_cycle_ms[$b].total.stats as $pb
+           | $j.container_cycle_ms[$h].total.stats as $c | $j.container_cycle_ms[$b].total.stats as $cb
+           | $j.exec_sync_ms[$h].stats as $x | $j.exec_sync_ms[$b].stats as $xb
+           | "| \($h) (\($rt[$h] // "?")) | \($p.p50|f) / \($p.p90|f) / \($p.p99|f) | \(r($p.p50; $pb.p50))"
+             + " | \($c.p50|f) / \($c.p90|f) / \($c.p99|f) | \(r($c.p50; $cb.p50))"
+             + " | \($x.p50|f) / \($x.p99|f) | \(r($x.p50; $xb.p50)) / \(r($x.p99; $xb.p99)) |"),
+          "",
+          "Steps, p50 (ms):",
+          "",
+          "| handler | RunPodSandbox | StopPodSandbox | RemovePodSandbox | CreateContainer | StartContainer | StopContainer | RemoveContainer |",
+          "|---|---|---|---|---|---|---|---|",
+          ($hs[] as $h | $j.pod_cycle_ms[$h] as $p | $j.container_cycle_ms[$h] as $c
+           | "| \($h) | \($p.run.stats.p50|f) | \($p.stop.stats.p50|f) | \($p.remove.stats.p50|f)"
+             + " | \($c.create.stats.p50|f) | \($c.start.stats.p50|f) | \($c.stop.stats.p50|f) | \($c.remove.stats.p50|f) |"),
+          "",
+          "The pod shim, \(.pods) pod(s) per handler of one sandbox + two sleeping containers (3 s quiet): RSS / PSS / USS",
+          "summed over every process of the shim binary serving a pod, mean per pod; the threads of the first pod shim idle, at the",
+          "peak of the ExecSync storm into it and 3 s after it; wall time of the storm:",
+          "",
+          "| handler | pod shim RSS / PSS / USS (MiB) | ratio PSS | processes | threads idle / storm peak / after | ExecSync storm (ms) | ratio |",
+          "|---|---|---|---|---|---|---|",
+          ($hs[] as $h | $j.pod_shim[$h] as $s | $j.pod_shim[$b].mean_per_pod as $mb | $s.mean_per_pod as $m
+           | $j.exec_sync_storm[$h] as $w | $j.exec_sync_storm[$b] as $wb
+           | "| \($h) | \($m.rss_kib|mib) / \($m.pss_kib|mib) / \($m.uss_kib|mib) | \(r($m.pss_kib; $mb.pss_kib)) | \($m.processes)"
+             + " | \($s.threads_idle) / \($s.threads_peak) / \($s.threads_after) | \($w.wall_ms|f) | \(r($w.wall_ms; $wb.wall_ms)) |")
+    ' "$1"
+}
 
 read -r _ bmin bmed _ <<<"${LAT[$BENCH_BASELINE]}"
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)
@@ -542,6 +701,19 @@ results=$BENCH_OUT/results.md
         read -r _ mn md _ <<<"${EXEC[$rt]}"
         echo "| $(short "$rt") | $(ms "$mn") / $(ms "$md") | $(ratio "$mn" "$xbmin") / $(ratio "$md" "$xbmed") |"
     done
+    if [ "$BENCH_EXEC_BURST" -gt 0 ]; then
+        echo
+        echo "$BENCH_EXEC_BURST execs (\`ctr task exec ... true\`) into one running container, $BENCH_EXEC_PAR in flight," \
+            "$BENCH_BURST_RUNS bursts per runtime, min / median (s):"
+        echo
+        echo "| runtime | execs in flight | ratio to $(short "$BENCH_BASELINE") (median) |"
+        echo "|---|---|---|"
+        read -r _ _ xbm _ <<<"${EXEC_BURST[$BENCH_BASELINE]}"
+        for rt in "${RUNTIMES[@]}"; do
+            read -r _ mn md _ <<<"${EXEC_BURST[$rt]}"
+            echo "| $(short "$rt") | $(printf '%.2f / %.2f' "$mn" "$md") | $(ratio "$md" "$xbm") |"
+        done
+    fi
     if [ -n "$FLOOR" ]; then
         read -r _ mn md _ <<<"$FLOOR"
         echo
@@ -570,6 +742,10 @@ results=$BENCH_OUT/results.md
             echo "$line"
         done
     fi
+    if [ -n "$CRI_JSON" ]; then
+        echo
+        cri_report "$CRI_JSON"
+    fi
 } >"$results"
 mkdir -p "$BENCH_OUT/history"
 cp "$results" "$BENCH_OUT/history/results-$(date -u +%Y%m%d-%H%M%S).md"
@@ -593,8 +769,38 @@ cp "$results" "$BENCH_OUT/history/results-$(date -u +%Y%m%d-%H%M%S).md"
             "$sep" "$rt" "$rss" "$pss" "$uss" "$th" "$np"
         sep=", "
     done
+    printf '}, "exec_s": {'
+    sep=""
+    for rt in "${RUNTIMES[@]}"; do
+        read -r n mn md mean sd mx <<<"${EXEC[$rt]}"
+        printf '%s"%s": {"n": %s, "min": %s, "median": %s, "mean": %s, "stddev": %s, "max": %s}' \
+            "$sep" "$rt" "$n" "$mn" "$md" "$mean" "$sd" "$mx"
+        sep=", "
+    done
+    printf '}, "exec_in_flight_s": {'
+    sep=""
+    for rt in "${RUNTIMES[@]}"; do
+        [ -n "${EXEC_BURST[$rt]:-}" ] || continue
+        read -r n mn md mean sd mx <<<"${EXEC_BURST[$rt]}"
+        printf '%s"%s": {"execs": %s, "in_flight": %s, "n": %s, "min": %s, "median": %s, "max": %s}' \
+            "$sep" "$rt" "$BENCH_EXEC_BURST" "$BENCH_EXEC_PAR" "$n" "$mn" "$md" "$mx"
+        sep=", "
+    done
     printf '}}\n'
-} | jq . >"$BENCH_OUT/results.json"
+} | jq . >"$BENCH_OUT/results.json.tmp"
+# The CRI figures (statistics only; the samples stay in raw/cri.json), keyed by handler, with
+# the runtime each handler maps to.
+if [ -n "$CRI_JSON" ]; then
+    map="{}"
+    for rt in "${RUNTIMES[@]}"; do map=$(jq -c --arg h "$(handler_of "$rt")" --arg r "$rt" '. + {($h): $r}' <<<"$map"); done
+    jq --slurpfile cri "$CRI_JSON" --argjson map "$map" '
+        def nosamples: walk(if type == "object" then del(.samples_ms) | del(.pids) else . end);
+        . + {cri: ($cri[0] | nosamples | . + {runtime_of_handler: $map})}' \
+        "$BENCH_OUT/results.json.tmp" >"$BENCH_OUT/results.json"
+    rm -f "$BENCH_OUT/results.json.tmp"
+else
+    mv "$BENCH_OUT/results.json.tmp" "$BENCH_OUT/results.json"
+fi
 
 echo
 cat "$results"

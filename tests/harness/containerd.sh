@@ -29,6 +29,9 @@
 #                         image, loopback-only CNI (plugins from /usr/lib/cni,
 #                         containernetworking-plugins); the busybox and pause images
 #                         are imported into `k8s.io`
+#   SHIM_RS_CRI_HANDLERS  with SHIM_RS_CRI=1: more handlers, "NAME=RUNTIME_TYPE ..."
+#                         (e.g. rsstatic=io.containerd.rsstatic.v1 for the bench's
+#                         static binary), each like `rs` (cgroupfs options table)
 #
 # Everything here is bounded in time and touches only what it can prove is
 # its own: processes are found through WORKDIR paths, never by name.
@@ -393,7 +396,22 @@ write_cri_config_v2() {
       conf_dir = "$w/cni/net.d"
       max_conf_num = 1
 EOF
+        extra_cri_handlers 'plugins."io.containerd.grpc.v1.cri".containerd.runtimes' ""
     } >"$w/config.toml"
+}
+
+# The handlers of SHIM_RS_CRI_HANDLERS ("NAME=RUNTIME_TYPE ..."), as TOML tables under
+# $1 (the runtimes table of the config version); $2: a `sandboxer` to name (2.x), or "".
+extra_cri_handlers() {
+    local table="$1" sandboxer="$2" h name type
+    for h in ${SHIM_RS_CRI_HANDLERS:-}; do
+        name="${h%%=*}" type="${h#*=}"
+        [[ "$h" == *=* && "$name" =~ ^[a-z0-9][a-z0-9-]*$ && "$type" =~ ^[a-z0-9.]+$ ]] ||
+            die "SHIM_RS_CRI_HANDLERS: bad entry '$h' (want NAME=RUNTIME_TYPE)"
+        printf '      [%s.%s]\n        runtime_type = "%s"\n' "$table" "$name" "$type"
+        [[ -z "$sandboxer" ]] || printf '        sandboxer = "%s"\n' "$sandboxer"
+        printf '        [%s.%s.options]\n          SystemdCgroup = false\n' "$table" "$name"
+    done
 }
 
 # containerd 2.x (config version 3): the same settings under the split CRI plugins.
@@ -447,6 +465,7 @@ write_cri_config_v3() {
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
 EOF
+        extra_cri_handlers 'plugins."io.containerd.cri.v1.runtime".containerd.runtimes' podsandbox
     } >"$w/config.toml"
 }
 
