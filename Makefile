@@ -55,14 +55,21 @@ test-deb: build
 # One binary for every other distribution: glibc and libseccomp linked statically (Debian's
 # libseccomp.a from libseccomp-dev). The shim does no NSS lookups (users and groups come from
 # the container's own /etc/passwd and /etc/group), which static glibc could not do.
+# Not position-independent, for density: a PIE's relocations write about 0.44 MiB of its
+# read-only data (vtables, tables of string slices) in every shim, while these pages stay the
+# file's, shared by every shim on the machine; about 0.8 MiB PSS per container instead of
+# 1.3, and no relocation work at each of the three starts per container. The cost: the
+# shim's own code sits at a fixed address (no ASLR for it; its heap, stacks and the kernel's
+# still are randomised). The packaged (dynamic) binary stays a PIE.
 STATIC_TARGET ?= $(shell rustc -vV | sed -n 's/^host: //p')
 STATIC_SHIM := target/$(STATIC_TARGET)/release/$(BIN)
 static:
 	LIBSECCOMP_LINK_TYPE=static \
 	LIBSECCOMP_LIB_PATH="$$(dirname "$$(find /usr/lib /usr/lib64 -name libseccomp.a 2>/dev/null | head -n 1)")" \
-	RUSTFLAGS="-C target-feature=+crt-static" \
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
 		$(CARGO) build --release --target $(STATIC_TARGET) --bin $(BIN)
 	@! readelf -d "$(STATIC_SHIM)" | grep -q NEEDED || { echo "$(STATIC_SHIM) needs shared libraries" >&2; exit 1; }
+	@readelf -h "$(STATIC_SHIM)" | grep -q 'Type:.*EXEC' || { echo "$(STATIC_SHIM) is position-independent" >&2; exit 1; }
 
 # The static binary through the lifecycle and exec suites (the harness installs it in place
 # of the one cargo built).
