@@ -27,6 +27,9 @@
 //! timed work and the threads use the first). A lone shim's PSS is nearly its RSS: the
 //! binary's pages are shared only between pods of the same handler.
 
+#[path = "../tests/common/cri_util.rs"]
+mod cri_util;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -34,11 +37,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use serde_json::{json, Value};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// Bound on one CRI call: a hung shim fails the bench, it does not hang it.
 const CALL: Duration = Duration::from_secs(60);
@@ -116,19 +118,9 @@ fn parse_args() -> Res<Args> {
 }
 
 async fn connect(sock: &Path) -> Res<Rt> {
-    let sock = sock.to_path_buf();
-    let ch = Endpoint::try_from("http://[::]:0")
-        .map_err(|e| e.to_string())?
-        .timeout(CALL)
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let sock = sock.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?))
-            }
-        }))
-        .await
-        .map_err(|e| format!("connect to containerd's CRI socket: {e}"))?;
-    Ok(RuntimeServiceClient::new(ch))
+    Ok(RuntimeServiceClient::new(
+        cri_util::channel(sock, CALL).await?,
+    ))
 }
 
 fn ok<T>(what: &str, r: Result<tonic::Response<T>, tonic::Status>) -> Res<T> {
@@ -173,21 +165,7 @@ impl Bench {
         let cgroup_parent = format!("/shim-rs-bench-{name}");
         let logdir = self.args.workdir.join("pods").join(&name);
         fs::create_dir_all(&logdir).map_err(|e| format!("{}: {e}", logdir.display()))?;
-        let config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.clone(),
-                uid: format!("uid-{name}"),
-                namespace: "shim-rs-bench".into(),
-                attempt: 0,
-            }),
-            hostname: "bench".into(),
-            log_directory: logdir.to_string_lossy().into_owned(),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: cgroup_parent.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let config = cri_util::pod_config(&name, "shim-rs-bench", "bench", &cgroup_parent, &logdir);
         let t = Instant::now();
         let r = self
             .rt
@@ -412,15 +390,6 @@ fn remove_cgroup_parent(parent: &str) -> bool {
 
 // --------------------------------------------------------- shim processes ---
 
-fn ppid_of(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// The binary a process runs, by base name. Our daemon runs from a detached read-only view
 /// of its binary whose /proc/PID/exe reads "/": then its argv[0].
 fn exe_base(pid: i32) -> String {
@@ -448,7 +417,7 @@ fn exe_base(pid: i32) -> String {
 fn serving_shim(pid: i32) -> Option<i32> {
     let (mut top, mut p) = (None, pid);
     for _ in 0..64 {
-        let Some(pp) = ppid_of(p).filter(|&pp| pp > 1) else {
+        let Some(pp) = cri_util::ppid_of(p).filter(|&pp| pp > 1) else {
             break;
         };
         if exe_base(pp).starts_with("containerd-shim-") {
@@ -470,7 +439,7 @@ fn pod_shim_pids(pids: &[i32]) -> Res<Vec<i32>> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for d in fs::read_dir("/proc").map_err(|e| e.to_string())?.flatten() {
         if let Ok(p) = d.file_name().to_string_lossy().parse::<i32>() {
-            if let Some(pp) = ppid_of(p) {
+            if let Some(pp) = cri_util::ppid_of(p) {
                 children.entry(pp).or_default().push(p);
             }
         }

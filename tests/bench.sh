@@ -750,16 +750,22 @@ results=$BENCH_OUT/results.md
 mkdir -p "$BENCH_OUT/history"
 cp "$results" "$BENCH_OUT/history/results-$(date -u +%Y%m%d-%H%M%S).md"
 
-# Machine-readable summary beside the Markdown.
-{
-    printf '{"baseline": "%s", "latency_s": {' "$BENCH_BASELINE"
-    sep=""
+# stats_json ARRAY: the stats() lines of ARRAY (keyed by runtime) as JSON members.
+stats_json() {
+    local -n per_rt=$1
+    local rt sep="" n mn md mean sd mx
     for rt in "${RUNTIMES[@]}"; do
-        read -r n mn md mean sd mx <<<"${LAT[$rt]}"
+        read -r n mn md mean sd mx <<<"${per_rt[$rt]}"
         printf '%s"%s": {"n": %s, "min": %s, "median": %s, "mean": %s, "stddev": %s, "max": %s}' \
             "$sep" "$rt" "$n" "$mn" "$md" "$mean" "$sd" "$mx"
         sep=", "
     done
+}
+
+# Machine-readable summary beside the Markdown.
+{
+    printf '{"baseline": "%s", "latency_s": {' "$BENCH_BASELINE"
+    stats_json LAT
     printf '}, "memory_mib_per_container": {'
     sep=""
     for rt in "${RUNTIMES[@]}"; do
@@ -770,13 +776,7 @@ cp "$results" "$BENCH_OUT/history/results-$(date -u +%Y%m%d-%H%M%S).md"
         sep=", "
     done
     printf '}, "exec_s": {'
-    sep=""
-    for rt in "${RUNTIMES[@]}"; do
-        read -r n mn md mean sd mx <<<"${EXEC[$rt]}"
-        printf '%s"%s": {"n": %s, "min": %s, "median": %s, "mean": %s, "stddev": %s, "max": %s}' \
-            "$sep" "$rt" "$n" "$mn" "$md" "$mean" "$sd" "$mx"
-        sep=", "
-    done
+    stats_json EXEC
     printf '}, "exec_in_flight_s": {'
     sep=""
     for rt in "${RUNTIMES[@]}"; do

@@ -12,17 +12,18 @@
 //! snippet), for the user-namespaced pod.
 
 mod common;
+#[path = "common/cri_util.rs"]
+mod cri_util;
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use common::cgroup::{Cgroup, Fact};
 
@@ -39,17 +40,7 @@ struct Cri {
 
 async fn connect() -> Cri {
     let sock = PathBuf::from(&common::cri_env().address);
-    let ch = Endpoint::try_from("http://[::]:0")
-        .unwrap()
-        .timeout(CALL)
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let sock = sock.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?))
-            }
-        }))
-        .await
-        .expect("connect to containerd's CRI socket");
+    let ch = cri_util::channel(&sock, CALL).await.unwrap();
     Cri {
         rt: RuntimeServiceClient::new(ch.clone()),
         img: ImageServiceClient::new(ch),
@@ -121,21 +112,7 @@ fn expected_shim_exe(handler: &str) -> PathBuf {
 }
 
 fn pod_config(name: &str, cgroup_parent: &str, logdir: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "shim-rs-e2e".into(),
-            attempt: 0,
-        }),
-        hostname: "crihost".into(),
-        log_directory: logdir.to_string_lossy().into_owned(),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: cgroup_parent.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    cri_util::pod_config(name, "shim-rs-e2e", "crihost", cgroup_parent, logdir)
 }
 
 fn container_config(
@@ -348,15 +325,6 @@ async fn exec_sync(c: &mut Cri, id: &str, cmd: &[&str]) -> (String, String, i32)
     )
 }
 
-fn ppid_of(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn argv0(pid: i32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
@@ -372,7 +340,9 @@ fn serving_shim(pid: i32) -> Option<i32> {
     let mut top = None;
     let mut p = pid;
     for _ in 0..64 {
-        let Some(pp) = ppid_of(p) else { break };
+        let Some(pp) = cri_util::ppid_of(p) else {
+            break;
+        };
         if pp <= 1 {
             break;
         }
