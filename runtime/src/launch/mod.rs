@@ -93,7 +93,12 @@ impl Launched {
     /// first (`status` is the container's state for the agent).
     fn recv(&self, status: &str) -> Result<Option<(InitMessage, Vec<OwnedFd>)>> {
         loop {
-            match self.channel.recv::<InitMessage>()? {
+            // ECONNRESET: the init died with a message of ours unread (killed while we sent).
+            let message = self
+                .channel
+                .recv::<InitMessage>()
+                .map_err(|e| self.if_init_gone(e, &format!("while {status}")))?;
+            match message {
                 Some((InitMessage::SeccompNotifyFd, fds)) => {
                     let (Some(listener), [fd]) = (&self.seccomp_listener, &fds[..]) else {
                         return Err(Error::Other(
@@ -157,23 +162,28 @@ impl Launched {
 
     /// A send that fails because the init is gone (killed, crashed) says so.
     fn send_to_init(&self, msg: &ShimMessage, when: &str) -> Result<()> {
-        self.channel.send(msg, &[]).map_err(|e| {
-            let gone = matches!(
-                e,
-                Error::Sys {
-                    source: nix::Error::EPIPE | nix::Error::ECONNRESET,
-                    ..
-                }
-            );
-            if gone || !self.pidfd.is_alive() {
-                Error::Init(format!(
-                    "container init (pid {}) exited {when} ({e})",
-                    self.pid
-                ))
-            } else {
-                e
+        self.channel
+            .send(msg, &[])
+            .map_err(|e| self.if_init_gone(e, when))
+    }
+
+    /// `e`, a failure on the channel, as "the init exited" where that is its cause.
+    fn if_init_gone(&self, e: Error, when: &str) -> Error {
+        let gone = matches!(
+            e,
+            Error::Sys {
+                source: nix::Error::EPIPE | nix::Error::ECONNRESET,
+                ..
             }
-        })
+        );
+        if gone || !self.pidfd.is_alive() {
+            Error::Init(format!(
+                "container init (pid {}) exited {when} ({e})",
+                self.pid
+            ))
+        } else {
+            e
+        }
     }
 
     /// Lets the init exec the user's program; returns once the exec has happened. On an
