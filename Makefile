@@ -17,7 +17,7 @@ CONTAINERD_VERSIONS ?= 1.7.24 2.1.9
 MATRIX_TESTS ?= --test e2e_lifecycle --test e2e_exec --test e2e_stdio
 VERSIONS_SCRIPT := tests/harness/containerd-versions.sh
 
-.PHONY: all deps ensure-demo-deps ensure-test-deps build install demo demo-run test test-matrix test-cri-matrix test-systemd test-cgroupv2 containerd-versions lint bench clean fuzz deb test-deb static test-static
+.PHONY: all deps ensure-demo-deps ensure-test-deps build install demo demo-run test test-matrix test-cri-matrix test-systemd test-cgroupv2 containerd-versions lint bench bench-bins bench-cgroupv2 clean fuzz deb test-deb static test-static
 
 all: build
 
@@ -172,15 +172,29 @@ fuzz:
 # The Kubernetes rows use the CRI client examples/cri_bench.rs (built from the dev-dependencies).
 BENCH_BIN_DIR := $(CURDIR)/.work/bench-bin
 CRI_BENCH := target/release/examples/cri_bench
-bench: build static
+BENCH_RUNTIME_TYPES := io.containerd.runc.v2 io.containerd.rs.v1 io.containerd.rsstatic.v1
+bench-bins: build static
 	@test -f tests/bench.sh || { echo "tests/bench.sh missing" >&2; exit 1; }
 	$(CARGO) build --release --example cri_bench
 	mkdir -p "$(BENCH_BIN_DIR)"
 	cp "$(SHIM)" "$(BENCH_BIN_DIR)/$(BIN)"
 	cp "$(STATIC_SHIM)" "$(BENCH_BIN_DIR)/containerd-shim-rsstatic-v1"
+
+bench: bench-bins
 	BENCH_BINDIR="$(BENCH_BIN_DIR)" BENCH_CRI_BIN="$(CURDIR)/$(CRI_BENCH)" \
-	BENCH_RUNTIMES="$${BENCH_RUNTIMES:-io.containerd.runc.v2 io.containerd.rs.v1 io.containerd.rsstatic.v1}" \
+	BENCH_RUNTIMES="$${BENCH_RUNTIMES:-$(BENCH_RUNTIME_TYPES)}" \
 		bash tests/bench.sh $(BENCH_ARGS)
+
+# The same benchmark on the cgroup v2-only VM (tests/vm/run.sh), where the init and execs are
+# born in their cgroup. The VM emulates its CPU (TCG, tens of times slower than this machine),
+# so it runs few of each: read its ratios, not its milliseconds. Results in .work/bench-v2/.
+BENCH_V2_COUNTS ?= BENCH_RUNS=6 BENCH_ROUNDS=2 BENCH_WARMUP=1 BENCH_MEM_CONTAINERS=3 \
+	BENCH_BURST_COUNT=0 BENCH_EXEC_BURST=20 BENCH_EXEC_PAR=5 BENCH_BURST_RUNS=1 \
+	BENCH_CRI_RUNS=3 BENCH_EXECSYNC_CALLS=10 BENCH_CRI_PODS=1 BENCH_TIMEOUT=3000
+bench-cgroupv2: bench-bins
+	tests/vm/run.sh "$(CURDIR)" env $(BENCH_V2_COUNTS) BENCH_OUT="$(CURDIR)/.work/bench-v2" \
+		BENCH_BINDIR="$(BENCH_BIN_DIR)" BENCH_CRI_BIN="$(CURDIR)/$(CRI_BENCH)" \
+		BENCH_RUNTIMES="$(BENCH_RUNTIME_TYPES)" bash tests/bench.sh
 
 # Removes only what this Makefile and the harness made under .work (another
 # tool's live environment there is left alone).
