@@ -665,9 +665,9 @@ pub fn join(plan: &CgroupPlan, pid: i32) -> Result<()> {
 /// soon as one is coming (the container's cgroups made, an Exec request) pays that wait
 /// while the launch does its other work. It holds the kernel's cgroup mutex while it waits,
 /// so it must not start before the container's cgroup directories are made. Nothing to do
-/// where nothing is moved: on a cgroup v2-only
-/// host processes are born in their cgroup (CLONE_INTO_CGROUP), which takes the lock only
-/// for reading. At most one such thread runs at a time.
+/// where nothing is moved: on a cgroup v2-only host processes are born in their cgroup
+/// (CLONE_INTO_CGROUP), which takes the lock only for reading. At most one such thread runs
+/// at a time.
 pub fn prime_moves() {
     use std::sync::atomic::{AtomicBool, Ordering};
     static RUNNING: AtomicBool = AtomicBool::new(false);
