@@ -1,6 +1,6 @@
 //! OOM events: the daemon's event loop watches (through one epoll descriptor of its own,
-//! nested in the loop's) every container's OOM notification and publishes `/tasks/oom`. cgroup v1: an eventfd registered on memory.oom_control through
-//! cgroup.event_control. cgroup v2: inotify on memory.events, whose `oom_kill` counter grows.
+//! nested in the loop's) every container's OOM notification and publishes `/tasks/oom`.
+//! cgroup v1: an eventfd registered on memory.oom_control through cgroup.event_control. cgroup v2: inotify on memory.events, whose `oom_kill` counter grows.
 //!
 //! The exit path calls [`OomWatcher::check`] before it publishes an init's TaskExit: the kernel
 //! signals the OOM before the victim dies, so a pending notification is published first and
@@ -157,37 +157,35 @@ impl OomWatcher {
     /// Publishes what the ready notifications report; never blocks.
     fn dispatch_ready(&self) {
         let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 16];
-        {
-            // SAFETY: the buffer is valid for `ready.len()` events.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.0.epoll.as_raw_fd(),
-                    ready.as_mut_ptr(),
-                    ready.len() as i32,
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    error!("oom watcher: epoll_wait: {e}");
-                }
-                return;
+        // SAFETY: the buffer is valid for `ready.len()` events.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.epoll.as_raw_fd(),
+                ready.as_mut_ptr(),
+                ready.len() as i32,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                error!("oom watcher: epoll_wait: {e}");
             }
-            for ev in &ready[..n as usize] {
-                let token = ev.u64;
-                if token == INOTIFY_TOKEN {
-                    for wd in self.inotify_wds() {
-                        let entry = self.table().by_wd.get(&wd).cloned();
-                        if let Some(e) = entry {
-                            e.check(&self.0.events);
-                        }
-                    }
-                } else {
-                    let entry = self.table().by_token.get(&token).cloned();
+            return;
+        }
+        for ev in &ready[..n as usize] {
+            let token = ev.u64;
+            if token == INOTIFY_TOKEN {
+                for wd in self.inotify_wds() {
+                    let entry = self.table().by_wd.get(&wd).cloned();
                     if let Some(e) = entry {
                         e.check(&self.0.events);
                     }
+                }
+            } else {
+                let entry = self.table().by_token.get(&token).cloned();
+                if let Some(e) = entry {
+                    e.check(&self.0.events);
                 }
             }
         }

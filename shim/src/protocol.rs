@@ -304,10 +304,9 @@ fn run_daemon() -> Result<(), String> {
     }
     // Read whole, then parsed: serde_json's reader would read the unbuffered pipe a byte
     // per syscall (hundreds of them before the daemon can answer containerd).
-    let mut text = Vec::with_capacity(1024);
-    std::io::Read::read_to_end(&mut { config }, &mut text)
+    let text = std::io::read_to_string(config)
         .map_err(|e| format!("read the daemon's configuration from start: {e}"))?;
-    let cfg: DaemonConfig = serde_json::from_slice(&text)
+    let cfg: DaemonConfig = serde_json::from_str(&text)
         .map_err(|e| format!("parse the daemon's configuration from start: {e}"))?;
     let code = match daemon(&cfg, listener) {
         Ok(()) => 0,

@@ -568,13 +568,10 @@ impl ProcessIo {
     /// background process keeps the pty open or nobody reads).
     pub fn begin_drain(self: &Arc<Self>) -> Drain {
         self.close_stdin();
-        let now = std::time::Instant::now();
-        let outputs = std::mem::take(&mut *self.outputs.lock().unwrap_or_else(|p| p.into_inner()))
-            .into_iter()
-            .collect();
+        let outputs = std::mem::take(&mut *self.outputs.lock().unwrap_or_else(|p| p.into_inner()));
         Drain {
             io: self.clone(),
-            deadline: now + DRAIN_TIMEOUT,
+            deadline: std::time::Instant::now() + DRAIN_TIMEOUT,
             console_done: false,
             outputs,
         }

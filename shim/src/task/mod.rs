@@ -99,7 +99,6 @@ impl Service {
         }
     }
 
-    /// True while any container exists or is being created.
     /// True (and from then on every Create refused) when the daemon owns no container and
     /// none is being created, so it may exit; decided under the lock Create reserves under.
     pub fn close_if_idle(&self) -> bool {
