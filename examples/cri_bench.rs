@@ -401,31 +401,11 @@ fn exe_base(pid: i32) -> String {
         })
         .unwrap_or_default();
     let path = if exe == "/" || exe.is_empty() {
-        fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| {
-                String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or_default())
-                    .into_owned()
-            })
-            .unwrap_or_default()
+        cri_util::argv0(pid)
     } else {
         exe
     };
     path.rsplit('/').next().unwrap_or_default().to_string()
-}
-
-/// The topmost ancestor of `pid` running a containerd-shim-* binary.
-fn serving_shim(pid: i32) -> Option<i32> {
-    let (mut top, mut p) = (None, pid);
-    for _ in 0..64 {
-        let Some(pp) = cri_util::ppid_of(p).filter(|&pp| pp > 1) else {
-            break;
-        };
-        if exe_base(pp).starts_with("containerd-shim-") {
-            top = Some(pp);
-        }
-        p = pp;
-    }
-    top
 }
 
 /// Every process of the shim binary serving the pod whose sandbox/container processes
@@ -434,7 +414,9 @@ fn serving_shim(pid: i32) -> Option<i32> {
 fn pod_shim_pids(pids: &[i32]) -> Res<Vec<i32>> {
     let mut tops = HashSet::new();
     for &p in pids {
-        tops.insert(serving_shim(p).ok_or(format!("no containerd-shim-* ancestor of pid {p}"))?);
+        tops.insert(
+            cri_util::serving_shim(p).ok_or(format!("no containerd-shim-* ancestor of pid {p}"))?,
+        );
     }
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for d in fs::read_dir("/proc").map_err(|e| e.to_string())?.flatten() {

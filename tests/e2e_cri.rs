@@ -325,39 +325,6 @@ async fn exec_sync(c: &mut Cri, id: &str, cmd: &[&str]) -> (String, String, i32)
     )
 }
 
-fn argv0(pid: i32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            let first = b.split(|&c| c == 0).next().unwrap_or_default();
-            String::from_utf8_lossy(first).into_owned()
-        })
-        .unwrap_or_default()
-}
-
-/// The shim daemon serving a container process: its topmost ancestor that is a
-/// containerd-shim-* binary (our zygote is a forked shim below the daemon).
-fn serving_shim(pid: i32) -> Option<i32> {
-    let mut top = None;
-    let mut p = pid;
-    for _ in 0..64 {
-        let Some(pp) = cri_util::ppid_of(p) else {
-            break;
-        };
-        if pp <= 1 {
-            break;
-        }
-        let name = argv0(pp);
-        if Path::new(&name)
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("containerd-shim-"))
-        {
-            top = Some(pp);
-        }
-        p = pp;
-    }
-    top
-}
-
 fn read_trim(p: impl AsRef<Path>) -> String {
     let p = p.as_ref();
     fs::read_to_string(p)
@@ -376,7 +343,7 @@ fn cgroup_of(pid: i32, controller: &str) -> String {
 fn pod_leftovers(pod: &Pod, ids: &[&str], (shim, shim_argv0): (i32, &str)) -> Vec<String> {
     let e = common::cri_env();
     let mut found = Vec::new();
-    if argv0(shim) == shim_argv0 {
+    if cri_util::argv0(shim) == shim_argv0 {
         found.push(format!("shim {shim} ({shim_argv0}) still running"));
     }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -744,18 +711,18 @@ fn pod_lifecycle(handler: &str) {
         // A second container of the pod: same shim daemon, same pod cgroup parent.
         let (c2, c2_pid, c2_cg) =
             start_container(&mut c, &pod, "second", &["sleep", "3600"], res.clone()).await;
-        let shim = serving_shim(pod.pid).expect("sandbox has no shim ancestor");
+        let shim = cri_util::serving_shim(pod.pid).expect("sandbox has no shim ancestor");
         assert_eq!(
-            serving_shim(c1_pid),
+            cri_util::serving_shim(c1_pid),
             Some(shim),
             "{handler}: first container"
         );
         assert_eq!(
-            serving_shim(c2_pid),
+            cri_util::serving_shim(c2_pid),
             Some(shim),
             "{handler}: second container"
         );
-        let shim_argv0 = argv0(shim);
+        let shim_argv0 = cri_util::argv0(shim);
         let want_shim = if handler.starts_with("rs") {
             "containerd-shim-rs-v1"
         } else {
@@ -881,8 +848,8 @@ fn oom_killed(handler: &str) {
     block_on(async {
         let mut c = connect().await;
         let pod = run_pod(&mut c, handler, "oom").await;
-        let shim = serving_shim(pod.pid).expect("sandbox has no shim ancestor");
-        let shim_argv0 = argv0(shim);
+        let shim = cri_util::serving_shim(pod.pid).expect("sandbox has no shim ancestor");
+        let shim_argv0 = cri_util::argv0(shim);
         let res = LinuxContainerResources {
             memory_limit_in_bytes: 32 << 20,
             memory_swap_limit_in_bytes: 32 << 20,
@@ -954,8 +921,8 @@ fn host_network_pod(handler: &str) {
             "{handler}: a host-network pod got a netns: {:?}",
             pod.netns
         );
-        let shim = serving_shim(pod.pid).expect("sandbox has no shim ancestor");
-        let shim_argv0 = argv0(shim);
+        let shim = cri_util::serving_shim(pod.pid).expect("sandbox has no shim ancestor");
+        let shim_argv0 = cri_util::argv0(shim);
         let (id, _, _) = start_container(
             &mut c,
             &pod,
@@ -1067,8 +1034,8 @@ fn userns_pod(handler: &str, host_base: u32) {
             ..Default::default()
         };
         let pod = run_pod_with(&mut c, handler, "userns", Some(ns)).await;
-        let shim = serving_shim(pod.pid).expect("sandbox has no shim ancestor");
-        let shim_argv0 = argv0(shim);
+        let shim = cri_util::serving_shim(pod.pid).expect("sandbox has no shim ancestor");
+        let shim_argv0 = cri_util::argv0(shim);
         let want_map = if has_userns {
             vec!["0".to_string(), host_base.to_string(), size.to_string()]
         } else {
@@ -1272,8 +1239,8 @@ fn systemd_slice_pod(handler: &str) {
                 .and_then(|n| n["path"].as_str())
                 .map(str::to_string),
         };
-        let shim = serving_shim(pod.pid).expect("sandbox has no shim ancestor");
-        let shim_argv0 = argv0(shim);
+        let shim = cri_util::serving_shim(pod.pid).expect("sandbox has no shim ancestor");
+        let shim_argv0 = cri_util::argv0(shim);
         let res = LinuxContainerResources {
             memory_limit_in_bytes: 64 << 20,
             cpu_period: 100_000,

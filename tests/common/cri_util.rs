@@ -62,3 +62,33 @@ pub async fn channel(sock: &Path, timeout: Duration) -> Result<Channel, String> 
         .await
         .map_err(|e| format!("connect to containerd's CRI socket {shown}: {e}"))
 }
+
+/// The first word of a process's command line ("" if it is gone).
+pub fn argv0(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            let first = b.split(|&c| c == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(first).into_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// The shim daemon serving a container process: its topmost ancestor that is a
+/// containerd-shim-* binary (our launcher is a forked shim below the daemon). By argv[0]:
+/// our daemon runs from a detached view of its binary, whose /proc/PID/exe reads "/".
+pub fn serving_shim(pid: i32) -> Option<i32> {
+    let (mut top, mut p) = (None, pid);
+    for _ in 0..64 {
+        let Some(pp) = ppid_of(p).filter(|&pp| pp > 1) else {
+            break;
+        };
+        if Path::new(&argv0(pp))
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("containerd-shim-"))
+        {
+            top = Some(pp);
+        }
+        p = pp;
+    }
+    top
+}
