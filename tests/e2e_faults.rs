@@ -1839,6 +1839,106 @@ fn a_stdout_fifo_nobody_reads_never_blocks_create() {
     assert_no_leftovers(&id);
 }
 
+/// A client's reader that opens its output fifo late, with a blocking open(2) as
+/// containerd's does from a goroutine that a busy machine may run after the process already
+/// exited. A fifo's blocking reader waits for a writer that opens after it: had the process
+/// exited first, the client would wait for EOF forever (an ExecSync in a storm hung so).
+/// Both an init and an exec are `true` (the shim's drain, waiting for the client to read
+/// what was written, would hide this for output); each reader opens 300 ms after the
+/// request and must get EOF.
+#[test]
+fn a_client_reader_that_opens_late_still_gets_eof() {
+    debug_env();
+    let _serial = shared();
+    let api = Api::connect();
+    let ch = api.channel();
+
+    // The init: Create with its stdout fifo not yet open for reading.
+    let id = create_container("late-reader", &["true"]);
+    let init_fifo = env().workdir.join(format!("{id}.init.out"));
+    let init_out = LateReader::open(&init_fifo, Duration::from_millis(300));
+    api.rt
+        .block_on(create_task(&ch, &id, &init_fifo.display().to_string()))
+        .expect("Create");
+    api.rt.block_on(start(&ch, &id, "")).expect("Start");
+    let code = api.rt.block_on(wait(&ch, &id, "", Duration::from_secs(15)));
+    assert_eq!(code.ok(), Some(0), "Wait on the init");
+    assert_eq!(init_out.output(), "", "the init's stdout");
+    api.rt.block_on(delete_task(&ch, &id)).expect("Delete");
+    ctr_ok(&["container", "rm", &id]);
+    assert_no_leftovers(&id);
+
+    // An exec into a running init.
+    let id = create_container("late-reader", &["sleep", "600"]);
+    api.rt.block_on(create_task(&ch, &id, "")).expect("Create");
+    api.rt.block_on(start(&ch, &id, "")).expect("Start");
+    let exec_fifo = env().workdir.join(format!("{id}.exec.out"));
+    let exec_out = LateReader::open(&exec_fifo, Duration::from_millis(300));
+    let fifo = exec_fifo.display().to_string();
+    api.rt
+        .block_on(exec(&ch, &id, "late", &["true"], false, &fifo))
+        .expect("Exec");
+    api.rt
+        .block_on(start(&ch, &id, "late"))
+        .expect("Start exec");
+    let code = api
+        .rt
+        .block_on(wait(&ch, &id, "late", Duration::from_secs(15)));
+    assert_eq!(code.ok(), Some(0), "Wait on the exec");
+    assert_eq!(exec_out.output(), "", "the exec's stdout");
+    api.rt.block_on(kill(&ch, &id, "", 9)).expect("Kill");
+    let _ = api.rt.block_on(wait(&ch, &id, "", Duration::from_secs(15)));
+    api.rt.block_on(delete_task(&ch, &id)).expect("Delete");
+    ctr_ok(&["container", "rm", &id]);
+    assert_no_leftovers(&id);
+}
+
+/// A fifo read as containerd reads one: a blocking open(2) for reading, `delay` after it
+/// was made, then everything until EOF.
+struct LateReader {
+    path: PathBuf,
+    got: std::sync::mpsc::Receiver<String>,
+}
+
+impl LateReader {
+    fn open(path: &Path, delay: Duration) -> LateReader {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, got) = std::sync::mpsc::channel();
+        let p = path.to_path_buf();
+        thread::spawn(move || {
+            thread::sleep(delay);
+            let mut out = String::new();
+            let _ = fs::File::open(&p).and_then(|mut f| f.read_to_string(&mut out));
+            let _ = tx.send(out);
+        });
+        LateReader {
+            path: path.to_path_buf(),
+            got,
+        }
+    }
+
+    /// What the reader got until EOF; fails the test if EOF does not come within 10 s.
+    fn output(&self) -> String {
+        match self.got.recv_timeout(Duration::from_secs(10)) {
+            Ok(out) => out,
+            Err(_) => {
+                // Release the reader's open(2) (it waits for a writer), then fail.
+                let _ = fs::File::options()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&self.path);
+                panic!("no EOF on {} within 10 s", self.path.display());
+            }
+        }
+    }
+}
+
+impl Drop for LateReader {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 // =========================================================== exits and their order ===
 
 /// An exec that exits right after its Start, while the init is being killed, many times:

@@ -8,6 +8,7 @@
 //!   a later client (`ctr task attach`) can write to it.
 //! - the shim also holds a reader of each output fifo, so a process whose client detached
 //!   does not die of SIGPIPE; what it writes then waits in the fifo for the next client.
+//!   It is opened only once the client's reader is there (bounded), see [`open_output`].
 //! - with a terminal: the pty master (sent by the process) is copied to the stdout fifo,
 //!   and the stdin fifo to the master.
 
@@ -19,7 +20,7 @@ use std::{
         unix::fs::OpenOptionsExt,
     },
     sync::{mpsc, Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -169,26 +170,58 @@ fn clear_nonblock(f: &File) {
     }
 }
 
+/// How long Create and Exec wait for the client to open its end of an output fifo.
+/// containerd opens its readers from a goroutine, usually before the request reaches us;
+/// only a client that never reads waits this long (and its output then waits in the fifo).
+const CLIENT_READER_WAIT: Duration = Duration::from_secs(2);
+
 /// The writer for the process, and a reader the shim keeps (see the module comment).
-fn open_output(field: &str, path: &str) -> Result<Option<(File, File)>> {
+///
+/// The client's reader must be open before the process can exit. A blocking open(2) of
+/// a fifo for reading waits for a writer to open it *after* that reader arrived: if the
+/// process wrote, exited and closed its end before containerd's reader got to its open,
+/// that open waits for a writer that never comes, and so does the client's EOF (an
+/// ExecSync of `true` in a storm hung so, one in a few thousand). So the first writer is
+/// opened without a reader of ours: it fails (ENXIO) until the client's reader is there.
+fn open_output(field: &str, path: &str, deadline: Instant) -> Result<Option<(File, File)>> {
     if path.is_empty() {
         return Ok(None);
     }
     check_scheme(field, path)?;
     let path = strip_scheme(path);
-    // Our own reader first: opening a fifo for reading without blocking always works, and
-    // with it the writer's open cannot block or fail for want of a reader, so Create never
-    // hangs on a client that has not opened its end (yet, or ever).
-    let keep = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {e}")))?;
-    let f = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {e}")))?;
+    let open = |read: bool| {
+        OpenOptions::new()
+            .read(read)
+            .write(!read)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+    };
+    let fail = |e: std::io::Error| Error::InvalidArgument(format!("{field} {path}: {e}"));
+    let mut pause = Duration::from_micros(100);
+    let writer = loop {
+        match open(false) {
+            Ok(w) => break Some(w),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(10));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break None,
+            Err(e) => return Err(fail(e)),
+        }
+    };
+    // Our own reader: with it open, a writer's open cannot fail for want of a reader, so
+    // Create never hangs on a client that never opens its end.
+    let keep = open(true).map_err(fail)?;
+    let f = match writer {
+        Some(w) => w,
+        None => {
+            log::warn!(
+                "{field} {path}: no reader opened it within {CLIENT_READER_WAIT:?}; the \
+                 output waits in the fifo for one"
+            );
+            open(false).map_err(fail)?
+        }
+    };
     clear_nonblock(&f);
     Ok(Some((f, keep)))
 }
@@ -325,6 +358,7 @@ impl LaunchIo {
         namespace: &str,
         owner: Option<(u32, u32)>,
     ) -> Result<LaunchIo> {
+        let deadline = Instant::now() + CLIENT_READER_WAIT;
         let mut kept = Vec::new();
         let mut keep = |o: Option<(File, File)>| {
             o.map(|(w, r)| {
@@ -336,7 +370,7 @@ impl LaunchIo {
         let logged = open_log_uri(&paths.stdout, id, namespace)?;
         let (stdout, stderr) = match logged {
             Some((out, err)) => (Some(out), Some(err)),
-            None => (keep(open_output("stdout", &paths.stdout)?), None),
+            None => (keep(open_output("stdout", &paths.stdout, deadline)?), None),
         };
         if paths.terminal {
             // One stream: containerd names no stderr for a terminal.
@@ -350,7 +384,7 @@ impl LaunchIo {
         }
         let stderr = match stderr {
             Some(e) => Some(e),
-            None => keep(open_output("stderr", &paths.stderr)?),
+            None => keep(open_output("stderr", &paths.stderr, deadline)?),
         };
         let (child_in, stdin_pipe) = match &stdin {
             Some(_) => {
