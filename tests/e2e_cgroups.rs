@@ -612,18 +612,21 @@ fn devices_outside_the_allowlist_cannot_be_opened() {
     }
 }
 
-/// On a cgroup v2-only host the init and every exec are born in the container's cgroup
-/// (clone3 with CLONE_INTO_CGROUP): none of its processes is ever moved there, so none runs
-/// a single instruction outside it. On a host with v1 hierarchies the kernel cannot do that
-/// (CLONE_INTO_CGROUP is cgroup2's), and the shim moves them (cgroup.procs) before they exec.
+/// No process of the container is moved into its cgroup by another process: the init and
+/// every exec are born in the container's cgroup v2 directory (clone3 with
+/// CLONE_INTO_CGROUP), so none runs a single instruction outside it; on a host with v1
+/// hierarchies each moves its own thread into them (writes "0" to the `tasks` files the
+/// shim opens for it) before it sets anything up. A write of a pid to cgroup.procs would
+/// first wait for an RCU grace period with the kernel's cgroup mutex held.
 #[test]
-fn processes_are_born_in_their_cgroup_on_cgroup_v2() {
+fn processes_enter_their_cgroup_without_being_moved() {
     if !testing_our_shim() {
         eprintln!("skipped for {}: runc moves processes into their cgroup by writing cgroup.procs; this asserts our shim's design", runtime());
         return;
     }
     let _serial = exclusive();
-    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let v2_only = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let unified = v2_only || std::path::Path::new("/sys/fs/cgroup/unified").is_dir();
     let mut id = String::new();
     let trace = trace_containerd("clone3,openat", || {
         let c = Running::start("born", &[], &["sleep", "600"]);
@@ -634,30 +637,42 @@ fn processes_are_born_in_their_cgroup_on_cgroup_v2() {
         .lines()
         .filter(|l| l.contains("clone3(") && l.contains("CLONE_INTO_CGROUP"))
         .collect();
-    let moves: Vec<&str> = trace
-        .lines()
-        .filter(|l| l.contains(&format!("{id}/cgroup.procs")) && l.contains("O_WRONLY"))
-        .collect();
+    let writes_of = |file: &str| -> Vec<&str> {
+        trace
+            .lines()
+            .filter(|l| l.contains(&format!("{id}/{file}\"")) && l.contains("O_WRONLY"))
+            .collect()
+    };
+    let (moves, self_joins) = (writes_of("cgroup.procs"), writes_of("tasks"));
+    assert!(
+        moves.is_empty(),
+        "a process of {id} was moved into its cgroup:\n{}",
+        moves.join("\n")
+    );
     if unified {
         assert!(
             into.len() >= 2,
             "expected the init and the exec cloned into their cgroup, got:\n{}",
             into.join("\n")
         );
+    }
+    if v2_only {
         assert!(
-            moves.is_empty(),
-            "a process of {id} was moved into its cgroup:\n{}",
-            moves.join("\n")
+            self_joins.is_empty(),
+            "tasks files on cgroup v2:\n{}",
+            self_joins.join("\n")
         );
     } else {
+        // Every v1 hierarchy the test itself is in (hierarchy id 0 is cgroup2's).
+        let v1 = std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("0:"))
+            .count();
         assert!(
-            into.is_empty(),
-            "CLONE_INTO_CGROUP on a host with v1 hierarchies:\n{}",
-            into.join("\n")
-        );
-        assert!(
-            !moves.is_empty(),
-            "no cgroup.procs write for {id}: how did its processes get into their cgroup?"
+            self_joins.len() >= 2 * v1,
+            "expected the init and the exec to join each of the {v1} v1 hierarchies, got:\n{}",
+            self_joins.join("\n")
         );
     }
 }

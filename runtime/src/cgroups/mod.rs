@@ -617,28 +617,107 @@ fn apply_writes(writes: &[CgroupWrite]) -> Result<()> {
     Ok(())
 }
 
-/// The cgroup a process can be born in (clone3 CLONE_INTO_CGROUP): on a cgroup v2-only host,
-/// the container's one directory, opened. None where the container spans v1 hierarchies too;
-/// its processes are moved with [`join`] then.
-pub fn open_birth_cgroup(plan: &CgroupPlan) -> Result<Option<std::os::fd::OwnedFd>> {
-    // A transient scope exists only once systemd has a process to put in it.
-    if plan.systemd.is_some() {
-        return Ok(None);
-    }
-    let (Some(root), [dir]) = (&plan.unified_root, &plan.dirs[..]) else {
-        return Ok(None);
-    };
-    if !dir.starts_with(root) {
-        return Ok(None);
-    }
-    fs::File::open(dir)
-        .map(|f| Some(f.into()))
-        .map_err(|e| Error::io(dir, e))
+/// How a new container process enters the container's cgroup without being moved by
+/// another process, see [`open_entry`].
+#[derive(Default)]
+pub struct CgroupEntry {
+    /// The cgroup v2 directory to be born in (clone3 CLONE_INTO_CGROUP).
+    pub birth: Option<std::os::fd::OwnedFd>,
+    /// The `tasks` files of the v1 hierarchies, for the process to write "0" to itself,
+    /// in the order of [`self_join_dirs`].
+    pub tasks: Vec<std::os::fd::OwnedFd>,
 }
 
-/// Moves process `pid` (0: the caller) into every hierarchy of the container's cgroup.
-/// The first move may wait for an RCU grace period, which is why the shim does this in the
-/// background while the init builds its rootfs, and holds the exec until it is done.
+impl CgroupEntry {
+    /// True when the new process ends up in every directory of the plan by itself (once
+    /// born where it was asked to be); otherwise the shim moves it with [`join`].
+    pub fn covers_all(&self, born_in_cgroup: bool) -> bool {
+        match self.birth {
+            Some(_) => born_in_cgroup,
+            None => !self.tasks.is_empty(),
+        }
+    }
+}
+
+/// The v1 directories of the container's cgroup that a new process joins by itself, by
+/// writing "0" to their `tasks` files; empty with the systemd driver, whose scope systemd
+/// starts with the init in it.
+pub fn self_join_dirs(plan: &CgroupPlan) -> Vec<&Path> {
+    if plan.systemd.is_some() {
+        return Vec::new();
+    }
+    plan.dirs
+        .iter()
+        .filter(|d| !plan.unified_root.as_ref().is_some_and(|r| d.starts_with(r)))
+        .map(PathBuf::as_path)
+        .collect()
+}
+
+/// How a new process of the container gets into its cgroup with no migration by someone
+/// else: born in its cgroup v2 directory (clone3 CLONE_INTO_CGROUP), and moving its own
+/// thread into each v1 hierarchy (writing "0" to `tasks`).
+///
+/// Why not a write of its pid to cgroup.procs: moving a process (rather than the calling
+/// thread) turns the kernel's global cgroup-move lock to writer mode, which first waits for
+/// an RCU grace period (10-20 ms on a small VM) while holding the cgroup mutex, on the path
+/// of every Create and exec. Since Linux 5.2 a thread that moves only itself takes neither;
+/// the process is single-threaded until its exec, so moving its thread moves it. Being born
+/// in a cgroup takes that lock only for reading.
+///
+/// With the systemd driver the init is left to [`join`] (systemd starts its scope with it).
+pub fn open_entry(plan: &CgroupPlan) -> Result<CgroupEntry> {
+    // A transient scope exists only once systemd has a process to put in it.
+    if plan.systemd.is_some() {
+        return Ok(CgroupEntry::default());
+    }
+    let birth = match &plan.unified_root {
+        Some(root) => {
+            let mut unified = plan.dirs.iter().filter(|d| d.starts_with(root));
+            match (unified.next(), unified.next()) {
+                (Some(dir), None) => Some(
+                    fs::File::open(dir)
+                        .map(std::os::fd::OwnedFd::from)
+                        .map_err(|e| Error::io(dir, e))?,
+                ),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let tasks = self_join_dirs(plan)
+        .into_iter()
+        .map(|dir| {
+            let path = dir.join("tasks");
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(|e| Error::io(&path, e))
+        })
+        .collect::<Result<_>>()?;
+    Ok(CgroupEntry { birth, tasks })
+}
+
+/// In a new container process (single-threaded, before its exec): moves the calling
+/// thread into each v1 directory of `plan` through the `tasks` files [`open_entry`] opened,
+/// and closes them.
+pub fn join_self(plan: &CgroupPlan, tasks: Vec<std::os::fd::OwnedFd>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    for (fd, dir) in tasks.iter().zip(self_join_dirs(plan)) {
+        // SAFETY: write(2) of one byte from a static buffer to a descriptor we own.
+        if unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
+            let e = std::io::Error::last_os_error();
+            return Err(Error::io(dir.join("tasks"), e));
+        }
+    }
+    Ok(())
+}
+
+/// Moves process `pid` into every hierarchy of the container's cgroup, where it did not
+/// get there by itself (see [`open_entry`]): with the systemd driver, or on a kernel
+/// without CLONE_INTO_CGROUP. The first move may wait for an RCU grace period, which is
+/// why the shim does this in the background while the init builds its rootfs, and holds
+/// the exec until it is done.
 ///
 /// With the systemd driver, systemd starts the scope with `pid` in it first; then, as runc
 /// does, the directories systemd does not manage (v1 cpuset, freezer, ...) are made, every
@@ -660,14 +739,13 @@ pub fn join(plan: &CgroupPlan, pid: i32) -> Result<()> {
 ///
 /// Why: a write to cgroup.procs first turns the kernel's global cgroup-move lock to writer
 /// mode, which waits for an RCU grace period (10-20 ms on a small VM), and the lock stays
-/// turned for about one more grace period after the write. Moving an init or an exec into
-/// its v1 cgroups is on the path of every Create and exec Start; a no-op move started as
-/// soon as one is coming (the container's cgroups made, an Exec request) pays that wait
-/// while the launch does its other work. It holds the kernel's cgroup mutex while it waits,
-/// so it must not start before the container's cgroup directories are made. Nothing to do
-/// where nothing is moved: on a cgroup v2-only host processes are born in their cgroup
-/// (CLONE_INTO_CGROUP), which takes the lock only for reading. At most one such thread runs
-/// at a time.
+/// turned for about one more grace period after the write. Only an init that the shim
+/// moves ([`join`]: the systemd driver) needs this; a no-op move started as soon as the
+/// container's cgroups are made pays that wait while the launch does its other work. It
+/// holds the kernel's cgroup mutex while it waits, so it must not start before the
+/// container's cgroup directories are made, nor where processes enter their cgroup by
+/// themselves ([`open_entry`]): their moves need that mutex too. Nothing to do on a
+/// cgroup v2-only host. At most one such thread runs at a time.
 pub fn prime_moves() {
     use std::sync::atomic::{AtomicBool, Ordering};
     static RUNNING: AtomicBool = AtomicBool::new(false);

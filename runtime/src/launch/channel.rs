@@ -17,7 +17,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{Error, Result};
 
-const MAX_FDS: usize = 8;
+/// Descriptors one message carries at most: a launch carries 3 for stdio, one per v1
+/// cgroup hierarchy (up to about 16, see `cgroups::open_entry`), and a few more.
+const MAX_FDS: usize = 64;
 /// Room for the largest plan we accept (a spec with a very large environment).
 const BUFFER_BYTES: usize = 8 << 20;
 
@@ -65,6 +67,12 @@ impl Channel {
 
     /// One packet of `bytes` (with `fds`), as [`Channel::send`] sends an encoded message.
     pub(crate) fn send_bytes(&self, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
+        if fds.len() > MAX_FDS {
+            return Err(Error::Other(format!(
+                "launcher channel: {} descriptors in one message, at most {MAX_FDS}",
+                fds.len()
+            )));
+        }
         let iov = [IoSlice::new(bytes)];
         let cmsg = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };

@@ -70,8 +70,9 @@ pub struct Launched {
     pub pid: i32,
     /// The process, whatever its pid comes to mean later.
     pub pidfd: Arc<Pidfd>,
-    /// Born in the cgroup v2 directory the launch asked for (clone3 CLONE_INTO_CGROUP); false
-    /// when none was asked or the kernel cannot, and then the caller moves the process.
+    /// In every directory of its cgroup by itself (born in its cgroup v2 directory, moved its
+    /// own thread into the v1 ones: [`crate::cgroups::open_entry`]); false when the launch
+    /// was not asked to or the kernel cannot, and then the caller moves the process.
     pub in_cgroup: bool,
     channel: Channel,
     /// Where a seccomp notify fd goes, when the plan's filter notifies.

@@ -16,6 +16,7 @@ use super::{
     spawn, Launched,
 };
 use crate::{
+    cgroups::CgroupEntry,
     namespaces::user,
     plan::{idmap::IdMappings, LaunchPlan},
     Error, Result,
@@ -24,11 +25,14 @@ use crate::{
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
     /// Comes with the init's stdin, stdout and stderr, then (with `into_cgroup`) the cgroup
-    /// v2 directory the init is to be born in, then (with `enter`) the pidfd of the live
-    /// init whose namespaces an exec enters.
+    /// v2 directory the init is to be born in, then `cgroup_tasks` v1 `tasks` files it
+    /// moves itself into (see [`crate::cgroups::open_entry`]), then (with `enter`) the pidfd of the
+    /// live init whose namespaces an exec enters.
     Launch {
         plan: Box<LaunchPlan>,
         into_cgroup: bool,
+        #[serde(default)]
+        cgroup_tasks: usize,
         #[serde(default)]
         enter: bool,
     },
@@ -115,31 +119,33 @@ impl Zygote {
             .map(ExitChannel)
     }
 
-    /// Clones a new container init for `plan` with the given stdio, born in the cgroup v2
-    /// directory `cgroup` where the kernel can (see [`Launched::in_cgroup`]); an exec enters
-    /// the namespaces of the live init `enter` (its pidfd). `register` runs with the new
+    /// Clones a new container init for `plan` with the given stdio, entering its cgroup by
+    /// itself as `cgroup` says where the kernel can (see [`Launched::in_cgroup`]); an exec
+    /// enters the namespaces of the live init `enter` (its pidfd). `register` runs with the new
     /// process before any other launch can happen, so the caller can record it before a
     /// reused pid could ever be reported.
     pub fn launch(
         &self,
         plan: &LaunchPlan,
         stdio: [BorrowedFd<'_>; 3],
-        cgroup: Option<BorrowedFd<'_>>,
+        cgroup: &CgroupEntry,
         enter: Option<BorrowedFd<'_>>,
         register: impl FnOnce(i32, &Arc<Pidfd>),
     ) -> Result<Launched> {
         let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
         let fds: Vec<_> = stdio
             .iter()
-            .chain(cgroup.as_ref())
-            .chain(enter.as_ref())
             .map(|f| f.as_raw_fd())
+            .chain(cgroup.birth.iter().map(|f| f.as_raw_fd()))
+            .chain(cgroup.tasks.iter().map(|f| f.as_raw_fd()))
+            .chain(enter.as_ref().map(|f| f.as_raw_fd()))
             .collect();
         channel
             .send(
                 &Request::Launch {
                     plan: Box::new(plan.clone()),
-                    into_cgroup: cgroup.is_some(),
+                    into_cgroup: cgroup.birth.is_some(),
+                    cgroup_tasks: cgroup.tasks.len(),
                     enter: enter.is_some(),
                 },
                 &fds,
@@ -155,7 +161,7 @@ impl Zygote {
                     Channel::from(fds.pop().expect("two descriptors")),
                     plan,
                 );
-                launched.in_cgroup = in_cgroup;
+                launched.in_cgroup = cgroup.covers_all(in_cgroup);
                 Ok(launched)
             }
             Some((Reply::Failed { error }, _)) => Err(Error::Init(error)),
@@ -358,10 +364,11 @@ fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
                 Request::Launch {
                     plan,
                     into_cgroup,
+                    cgroup_tasks,
                     enter,
                 },
                 fds,
-            ))) => launch(&plan, fds, into_cgroup, enter).map(|(born, ch)| {
+            ))) => launch(&plan, fds, into_cgroup, cgroup_tasks, enter).map(|(born, ch)| {
                 launched.insert(born.pid);
                 let reply = Reply::Launched {
                     pid: born.pid,
@@ -452,9 +459,10 @@ fn launch(
     plan: &LaunchPlan,
     mut fds: Vec<OwnedFd>,
     into_cgroup: bool,
+    cgroup_tasks: usize,
     enter: bool,
 ) -> Result<(spawn::Born, Channel)> {
-    let expected = 3 + usize::from(into_cgroup) + usize::from(enter);
+    let expected = 3 + usize::from(into_cgroup) + cgroup_tasks + usize::from(enter);
     if fds.len() != expected {
         return Err(Error::Other(format!(
             "launch request carried {} descriptors, not {expected}",
@@ -462,6 +470,7 @@ fn launch(
         )));
     }
     let enter = if enter { fds.pop() } else { None };
+    let tasks = fds.split_off(fds.len() - cgroup_tasks);
     let cgroup = if into_cgroup { fds.pop() } else { None };
     let stdio = fds;
     // Decided here, on the host's /sys, never on a container's.
@@ -474,7 +483,7 @@ fn launch(
         enter.as_ref().map(|e| e.as_fd()),
         |launcher| {
             drop(shim_end.take());
-            init::run(plan, init_end, stdio, launcher)
+            init::run(plan, init_end, stdio, tasks, launcher)
         },
     )?;
     let shim_end = shim_end.expect("only the init takes it");

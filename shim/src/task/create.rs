@@ -2,7 +2,6 @@
 //! until it has applied the plan) and the init's Start (let it exec, poststart hooks).
 
 use std::{
-    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -126,9 +125,14 @@ impl Service {
         // On an error it leaves nothing behind, and kills nothing: the cgroup may be
         // someone else's (see cgroups::create).
         cgroups::create(&plan.cgroup)?;
-        // The init's move comes once it is cloned: start the kernel's wait for it now (not
-        // before the cgroups are made: that wait holds the lock their mkdir needs).
-        cgroups::prime_moves();
+        // An init that the shim moves (the systemd driver) waits for the kernel: start that
+        // wait now (not before the cgroups are made: it holds the lock their mkdir needs).
+        let entry = cgroups::open_entry(&plan.cgroup).inspect_err(|_| {
+            let _ = cgroups::destroy(&plan.cgroup);
+        })?;
+        if plan.cgroup.systemd.is_some() {
+            cgroups::prime_moves();
+        }
         let c = Arc::new(Container::new(
             id.clone(),
             bundle.to_path_buf(),
@@ -144,15 +148,12 @@ impl Service {
             .insert(id.clone(), Slot::Creating(Some(c.clone())));
         let plan = &c.plan;
         let t_cgroup = t0.elapsed();
-        let launched = cgroups::open_birth_cgroup(&plan.cgroup).and_then(|birth| {
-            self.zygote.launch(
-                plan,
-                io.fds(),
-                birth.as_ref().map(|f| f.as_fd()),
-                None,
-                |pid, pidfd| self.register_pid(&c, pid, pidfd, ""),
-            )
-        });
+        let launched = self
+            .zygote
+            .launch(plan, io.fds(), &entry, None, |pid, pidfd| {
+                self.register_pid(&c, pid, pidfd, "")
+            });
+        drop(entry);
         let launched = match launched {
             Ok(l) => l,
             Err(e) => {
@@ -161,8 +162,8 @@ impl Service {
             }
         };
         let pid = launched.pid;
-        // The first move into a cgroup of a burst waits for an RCU grace period: overlap it
-        // with the init's rootfs setup.
+        // Where the shim moves the init, the move may wait for an RCU grace period: overlap
+        // it with the init's rootfs setup.
         let join = (!launched.in_cgroup).then(|| {
             let cgroup = plan.cgroup.clone();
             std::thread::Builder::new()

@@ -22,8 +22,6 @@ use crate::{
 impl Service {
     pub(super) fn exec(&self, req: &ExecProcessRequest) -> Result<Empty> {
         let c = self.container(&req.id)?;
-        // Its Start moves the process into the container's cgroups: have the kernel ready.
-        runtime::cgroups::prime_moves();
         let any = req
             .spec
             .as_ref()
@@ -132,12 +130,12 @@ impl Service {
     ) -> Result<i32> {
         let plan = runtime::plan::exec_plan(&c.plan, init_pid, spec);
         let io = LaunchIo::open(stdio, &c.id, &self.namespace, c.io_owner)?;
-        let launched = cgroups::open_birth_cgroup(&plan.cgroup)
-            .and_then(|birth| {
+        let launched = cgroups::open_entry(&plan.cgroup)
+            .and_then(|entry| {
                 self.zygote.launch(
                     &plan,
                     io.fds(),
-                    birth.as_ref().map(|f| f.as_fd()),
+                    &entry,
                     // The namespaces of that very init, whoever has its pid by now.
                     init_pidfd.as_ref().map(|p| p.as_fd()),
                     |pid, pidfd| self.register_pid(c, pid, pidfd, exec_id),

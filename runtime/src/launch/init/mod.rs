@@ -24,8 +24,14 @@ use crate::{
 };
 
 /// Entry point of the cloned child. Never returns.
-pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>, launcher: LauncherFds) -> ! {
-    let prepared = begin(plan, stdio).and_then(|()| {
+pub fn run(
+    plan: &LaunchPlan,
+    channel: Channel,
+    stdio: Vec<OwnedFd>,
+    cgroup_tasks: Vec<OwnedFd>,
+    launcher: LauncherFds,
+) -> ! {
+    let prepared = begin(plan, stdio, cgroup_tasks).and_then(|()| {
         if plan.exec {
             exec::setup(plan)
         } else {
@@ -77,9 +83,9 @@ pub fn run(plan: &LaunchPlan, channel: Channel, stdio: Vec<OwnedFd>, launcher: L
     fail(&channel, e, 127)
 }
 
-/// The start both kinds share: tied to the launcher's life, invisible to ptrace, a session
-/// of its own, the stdio the shim sent.
-fn begin(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<()> {
+/// The start both kinds share: tied to the launcher's life, invisible to ptrace, in its
+/// cgroup, a session of its own, the stdio the shim sent.
+fn begin(plan: &LaunchPlan, stdio: Vec<OwnedFd>, cgroup_tasks: Vec<OwnedFd>) -> Result<()> {
     // Die with the launcher until we are started; if it died before we asked, it is too late
     // for the signal, so look (its pidfd, inherited: getppid says nothing in a new pid
     // namespace).
@@ -97,6 +103,9 @@ fn begin(plan: &LaunchPlan, stdio: Vec<OwnedFd>) -> Result<()> {
     if let Some(cpus) = &plan.kernel.cpu_affinity_initial {
         kernel::set_cpu_affinity("process.execCPUAffinity.initial", cpus)?;
     }
+    // Into the v1 hierarchies before anything of the container is set up (and after the
+    // initial affinity, which is the one before the move).
+    crate::cgroups::join_self(&plan.cgroup, cgroup_tasks)?;
     nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
     for (fd, target) in stdio.iter().zip(0..) {
         dup_onto(fd, target)?;
