@@ -47,7 +47,8 @@
 #   BENCH_CRI_RUNS        pod cycles and container create-to-removes per handler [20]
 #   BENCH_EXECSYNC_CALLS  ExecSync calls per handler, one at a time (then as many in the storm) [100]
 #   BENCH_CRI_PODS        pods per handler for the pod shim's memory (mean per pod; a lone shim shares
-#                         its binary's pages with no one, so its PSS is nearly its RSS) [3]
+#                         its binary's pages with no one, so its PSS is nearly its RSS) [10, the
+#                         density of the per-container row's 10 containers]
 #   BENCH_CRI_BIN         the CRI client [target/release/examples/cri_bench]
 #   BENCH_BINDIR          where our shim binary is [target/release]
 #   BENCH_HARNESS         containerd harness [tests/harness/containerd.sh]
@@ -76,7 +77,7 @@ BENCH_EXEC_PAR=${BENCH_EXEC_PAR:-10}
 BENCH_CRI=${BENCH_CRI:-1}
 BENCH_CRI_RUNS=${BENCH_CRI_RUNS:-20}
 BENCH_EXECSYNC_CALLS=${BENCH_EXECSYNC_CALLS:-100}
-BENCH_CRI_PODS=${BENCH_CRI_PODS:-3}
+BENCH_CRI_PODS=${BENCH_CRI_PODS:-10}
 BENCH_CRI_BIN=${BENCH_CRI_BIN:-$ROOT/target/release/examples/cri_bench}
 BENCH_BINDIR=${BENCH_BINDIR:-$ROOT/target/release}
 BENCH_HARNESS=${BENCH_HARNESS:-$ROOT/tests/harness/containerd.sh}
