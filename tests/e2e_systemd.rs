@@ -319,6 +319,13 @@ fn subscribe_events() -> (Background, mpsc::Receiver<String>) {
     panic!("ctr events never showed the probe event");
 }
 
+/// An OOM kill in a scope: /tasks/oom before /tasks/exit, and Delete resets the failed unit.
+///
+/// systemd removes a scope's cgroup as soon as its last process is gone, and with it the
+/// memory.events that says the kill was an OOM: a shim that reads it after that cannot tell
+/// (runc's shim neither: runc issue #5071; containerd skips critest's OOMKilled case for
+/// the systemd driver). So the kill is tried up to three times: one must be reported, and
+/// every reported one before the exit. Each unit must be gone after its Delete.
 #[test]
 fn oom_kill_in_a_scope_is_reported_and_the_failed_unit_is_reset() {
     if !systemd_or_skip("oom_kill_in_a_scope_is_reported_and_the_failed_unit_is_reset") {
@@ -326,6 +333,26 @@ fn oom_kill_in_a_scope_is_reported_and_the_failed_unit_is_reset() {
     }
     let _serial = shared();
     let (_sub, rx) = subscribe_events();
+    let mut reported = Vec::new();
+    for _attempt in 0..3 {
+        let topics = oom_kill_in_a_scope(&rx);
+        let oom = topics.iter().position(|t| t == "/tasks/oom");
+        let exit = topics.iter().position(|t| t == "/tasks/exit");
+        assert!(exit.is_some(), "no /tasks/exit: {topics:?}");
+        if oom.is_some() {
+            assert!(
+                oom < exit,
+                "/tasks/oom must come before /tasks/exit: {topics:?}"
+            );
+            return;
+        }
+        reported.push(topics);
+    }
+    panic!("no /tasks/oom in three OOM kills: {reported:?}");
+}
+
+/// One container OOM-killed in its scope (`ctr run --rm`); the task topics seen for it.
+fn oom_kill_in_a_scope(rx: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
     let id = unique_id("oom");
     let cgroup = format!("system.slice:shimrs:{id}");
     let flags = systemd_flags();
@@ -360,14 +387,9 @@ fn oom_kill_in_a_scope_is_reported_and_the_failed_unit_is_reset() {
             }
         }
     }
-    let oom = topics.iter().position(|t| t == "/tasks/oom");
-    let exit = topics.iter().position(|t| t == "/tasks/exit");
-    assert!(
-        oom.is_some() && exit.is_some() && oom < exit,
-        "/tasks/oom must come before /tasks/exit: {topics:?}"
-    );
     // systemd marks an OOM-killed scope failed; delete resets it, so the name is free.
     assert_unit_gone(&id);
+    topics
 }
 
 /// The shim daemon serving container `id` (any runtime's: `-id ID` in its argv), not our
