@@ -26,8 +26,8 @@ use crate::{
 enum Request {
     /// Comes with the init's stdin, stdout and stderr, then (with `into_cgroup`) the cgroup
     /// v2 directory the init is to be born in, then `cgroup_tasks` v1 `tasks` files it
-    /// moves itself into (see [`crate::cgroups::open_entry`]), then (with `enter`) the pidfd of the
-    /// live init whose namespaces an exec enters.
+    /// moves itself into (see [`crate::cgroups::open_entry`]), then (with `enter`) the
+    /// pidfd of the live init whose namespaces an exec enters.
     Launch {
         plan: Box<LaunchPlan>,
         into_cgroup: bool,
@@ -121,8 +121,8 @@ impl Zygote {
 
     /// Clones a new container init for `plan` with the given stdio, entering its cgroup by
     /// itself as `cgroup` says where the kernel can (see [`Launched::in_cgroup`]); an exec
-    /// enters the namespaces of the live init `enter` (its pidfd). `register` runs with the new
-    /// process before any other launch can happen, so the caller can record it before a
+    /// enters the namespaces of the live init `enter` (its pidfd). `register` runs with the
+    /// new process before any other launch can happen, so the caller can record it before a
     /// reused pid could ever be reported.
     pub fn launch(
         &self,
@@ -462,7 +462,7 @@ fn launch(
     cgroup_tasks: usize,
     enter: bool,
 ) -> Result<(spawn::Born, Channel)> {
-    let expected = 3 + usize::from(into_cgroup) + cgroup_tasks + usize::from(enter);
+    let expected = (3 + usize::from(into_cgroup) + usize::from(enter)).saturating_add(cgroup_tasks);
     if fds.len() != expected {
         return Err(Error::Other(format!(
             "launch request carried {} descriptors, not {expected}",
