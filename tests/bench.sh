@@ -6,7 +6,7 @@
 #
 # What it measures, per runtime (default: io.containerd.runc.v2 = baseline, io.containerd.rs.v1):
 #  1. start latency: hyperfine of `ctr run --rm --runtime RT IMAGE <unique id> true`, run in
-#     BENCH_ROUNDS rounds whose runtime order alternates (interleaving), min / median / ratio;
+#     BENCH_ROUNDS rounds whose runtime order rotates (interleaving), min / median / ratio;
 #     plus `ctr version` as the floor of any ctr call.
 #  1b. exec latency: hyperfine of `ctr task exec --exec-id X ID true` into one running container
 #     per runtime, in the same rounds, min / median / ratio.
@@ -35,7 +35,7 @@
 #   BENCH_BASELINE        runtime the ratios refer to [io.containerd.runc.v2 if listed, else the first]
 #   BENCH_RUNS            timed `ctr run --rm` runs per runtime, in total over all rounds [30]
 #   BENCH_WARMUP          warmup runs per runtime and round [5 in the first round, 2 in later ones]
-#   BENCH_ROUNDS          rounds the runs are split into, runtime order reversed every other round [3]
+#   BENCH_ROUNDS          rounds the runs are split into, runtime order rotated by one each round [3]
 #   BENCH_CTR_FLOOR       1 = also time `ctr version` [1]
 #   BENCH_MEM_CONTAINERS  sleeping containers per runtime for the memory figures (0 = skip) [10]
 #   BENCH_BURST_COUNT     containers per burst (0 = skip the burst scenario) [20]
@@ -288,12 +288,18 @@ HF_STYLE=()
 # run_rounds PHASE ROUNDS RUNS_PER_ROUND WARMUP_FIRST WARMUP_LATER NAME=CMD...
 run_rounds() {
     local phase=$1 rounds=$2 per=$3 w1=$4 w2=$5; shift 5
-    local r args=() names=() cmds=() i order warm
+    local r args=() names=() cmds=() i warm
     for a in "$@"; do names+=("${a%%=*}"); cmds+=("${a#*=}"); done
     for ((r = 1; r <= rounds; r++)); do
         args=()
-        if ((r % 2 == 1)); then order=$(seq 0 $((${#names[@]} - 1))); else order=$(seq $((${#names[@]} - 1)) -1 0); fi
-        for i in $order; do args+=(-n "${names[$i]}" "${cmds[$i]}"); done
+        # Rotated by one each round, so that each command takes every position and follows
+        # every other one as often: a command run right after another's batch pays that
+        # batch's deferred kernel work (network namespaces are torn down in a worker).
+        local n=${#names[@]} k
+        for ((k = 0; k < n; k++)); do
+            i=$(((r - 1 + k) % n))
+            args+=(-n "${names[$i]}" "${cmds[$i]}")
+        done
         warm=$w2; ((r == 1)) && warm=$w1
         log "$phase: round $r/$rounds ($per runs, $warm warmup per command)"
         timeout -s KILL "$BENCH_TIMEOUT" hyperfine "${HF_STYLE[@]}" --shell sh --warmup "$warm" --runs "$per" \
@@ -402,7 +408,7 @@ EOF
     if [ "$BENCH_BURST_PAR" -gt 1 ]; then
         for rt in "${RUNTIMES[@]}"; do specs+=("$rt par=sh $SCRATCH/burst.sh par $rt $(tag_of "$rt")"); done
     fi
-    # One run per command and round, rounds alternate the order: interleaved.
+    # One run per command and round, rounds rotate the order: interleaved.
     run_rounds burst "$BENCH_BURST_RUNS" 1 0 0 "${specs[@]}"
     for rt in "${RUNTIMES[@]}"; do
         BURST_SEQ[$rt]=$(stats burst "$rt seq")
@@ -675,7 +681,7 @@ results=$BENCH_OUT/results.md
         "hyperfine $(hyperfine --version | awk '{print $2}'). Image $BENCH_IMAGE (busybox-static)."
     echo
     echo "\`ctr run --rm --runtime RT IMAGE ID true\`: $((per_round * BENCH_ROUNDS)) runs per runtime in" \
-        "$BENCH_ROUNDS round(s) of $per_round, runtime order alternating (warmup $warm_first, then $warm_later per round)." \
+        "$BENCH_ROUNDS round(s) of $per_round, runtime order rotating (warmup $warm_first, then $warm_later per round)." \
         "Memory: mean per container over $BENCH_MEM_CONTAINERS sleeping containers, summed over every" \
         "process of the shim binary that belongs to the container (USS = Private_Clean + Private_Dirty)."
     echo
