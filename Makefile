@@ -39,9 +39,12 @@ ensure-demo-deps:
 ensure-test-deps:
 	@CARGO="$(CARGO)" bash tests/harness/ensure-deps.sh $(DEB_PACKAGES)
 
+# $(call check_not_pie,BINARY): fails when BINARY is position-independent (see build.rs).
+check_not_pie = @readelf -h "$(1)" | grep -q 'Type:.*EXEC' || { echo "$(1) is position-independent (see build.rs)" >&2; exit 1; }
+
 build:
 	$(CARGO) build --release
-	@readelf -h "$(SHIM)" | grep -q 'Type:.*EXEC' || { echo "$(SHIM) is position-independent (see build.rs)" >&2; exit 1; }
+	$(call check_not_pie,$(SHIM))
 
 # A Debian package of the release binary (packaging/build-deb.sh, dpkg-deb), into target/deb.
 DEB_DIR := target/deb
@@ -66,7 +69,7 @@ static:
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
 		$(CARGO) build --release --target $(STATIC_TARGET) --bin $(BIN)
 	@! readelf -d "$(STATIC_SHIM)" | grep -q NEEDED || { echo "$(STATIC_SHIM) needs shared libraries" >&2; exit 1; }
-	@readelf -h "$(STATIC_SHIM)" | grep -q 'Type:.*EXEC' || { echo "$(STATIC_SHIM) is position-independent" >&2; exit 1; }
+	$(call check_not_pie,$(STATIC_SHIM))
 
 # The static binary through the lifecycle and exec suites (the harness installs it in place
 # of the one cargo built).

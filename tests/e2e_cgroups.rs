@@ -625,8 +625,8 @@ fn processes_enter_their_cgroup_without_being_moved() {
         return;
     }
     let _serial = exclusive();
-    let v2_only = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let unified = v2_only || std::path::Path::new("/sys/fs/cgroup/unified").is_dir();
+    let v2_only = cgroup::v2_only();
+    let unified = v2_only || cgroup::hybrid_unified_root().is_some();
     let mut id = String::new();
     let trace = trace_containerd("clone3,openat", || {
         let c = Running::start("born", &[], &["sleep", "600"]);

@@ -1,6 +1,7 @@
 //! OOM events: the daemon's event loop watches (through one epoll descriptor of its own,
 //! nested in the loop's) every container's OOM notification and publishes `/tasks/oom`.
-//! cgroup v1: an eventfd registered on memory.oom_control through cgroup.event_control. cgroup v2: inotify on memory.events, whose `oom_kill` counter grows.
+//! cgroup v1: an eventfd registered on memory.oom_control through cgroup.event_control.
+//! cgroup v2: inotify on memory.events, whose `oom_kill` counter grows.
 //!
 //! The exit path calls [`OomWatcher::check`] before it publishes an init's TaskExit: the kernel
 //! signals the OOM before the victim dies, so a pending notification is published first and

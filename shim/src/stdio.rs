@@ -201,12 +201,12 @@ fn open_output(field: &str, path: &str, deadline: Instant) -> Result<Option<(Fil
     let writer = loop {
         match open(false) {
             Ok(w) => break Some(w),
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+            Err(e) if e.raw_os_error() != Some(libc::ENXIO) => return Err(fail(e)),
+            Err(_) if Instant::now() >= deadline => break None,
+            Err(_) => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(10));
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break None,
-            Err(e) => return Err(fail(e)),
         }
     };
     // Our own reader: with it open, a writer's open cannot fail for want of a reader, so

@@ -34,7 +34,7 @@ pub fn layout_name() -> &'static str {
 }
 
 /// The hybrid layout's cgroup2 mount (None on v2-only and pure v1 hosts).
-fn hybrid_unified_root() -> Option<PathBuf> {
+pub fn hybrid_unified_root() -> Option<PathBuf> {
     let p = Path::new(ROOT).join("unified");
     (!v2_only() && p.join("cgroup.controllers").exists()).then_some(p)
 }

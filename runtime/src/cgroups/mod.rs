@@ -624,28 +624,26 @@ pub struct CgroupEntry {
     /// The cgroup v2 directory to be born in (clone3 CLONE_INTO_CGROUP).
     pub birth: Option<std::os::fd::OwnedFd>,
     /// The `tasks` files of the v1 hierarchies, for the process to write "0" to itself,
-    /// in the order of [`self_join_dirs`].
+    /// in the order of the plan's v1 directories.
     pub tasks: Vec<std::os::fd::OwnedFd>,
 }
 
 impl CgroupEntry {
+    /// Nothing to enter by: the shim moves the process ([`join`]), the systemd driver's init.
+    pub fn left_to_the_shim(&self) -> bool {
+        self.birth.is_none() && self.tasks.is_empty()
+    }
+
     /// True when the new process ends up in every directory of the plan by itself (once
     /// born where it was asked to be); otherwise the shim moves it with [`join`].
     pub fn covers_all(&self, born_in_cgroup: bool) -> bool {
-        match self.birth {
-            Some(_) => born_in_cgroup,
-            None => !self.tasks.is_empty(),
-        }
+        !self.left_to_the_shim() && (self.birth.is_none() || born_in_cgroup)
     }
 }
 
-/// The v1 directories of the container's cgroup that a new process joins by itself, by
-/// writing "0" to their `tasks` files; empty with the systemd driver, whose scope systemd
-/// starts with the init in it.
-pub fn self_join_dirs(plan: &CgroupPlan) -> Vec<&Path> {
-    if plan.systemd.is_some() {
-        return Vec::new();
-    }
+/// The v1 directories of the container's cgroup, which a new process joins by itself by
+/// writing "0" to their `tasks` files (see [`open_entry`]).
+fn self_join_dirs(plan: &CgroupPlan) -> Vec<&Path> {
     plan.dirs
         .iter()
         .filter(|d| !plan.unified_root.as_ref().is_some_and(|r| d.starts_with(r)))

@@ -130,7 +130,7 @@ impl Service {
         let entry = cgroups::open_entry(&plan.cgroup).inspect_err(|_| {
             let _ = cgroups::destroy(&plan.cgroup);
         })?;
-        if plan.cgroup.systemd.is_some() {
+        if entry.left_to_the_shim() {
             cgroups::prime_moves();
         }
         let c = Arc::new(Container::new(
