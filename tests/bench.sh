@@ -448,7 +448,7 @@ exe_base() {
     local e a=""
     e=$(readlink "/proc/$1/exe" 2>/dev/null) || return 0
     e=${e% (deleted)}
-    # Our daemon runs from a detached read-only view of its binary (README "Security"), whose
+    # Our launcher runs from a detached read-only view of the binary (README "Security"), whose
     # link reads "/": its name is then the command's.
     if [ "$e" = / ]; then
         IFS= read -r -d '' a <"/proc/$1/cmdline" || true

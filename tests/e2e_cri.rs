@@ -732,8 +732,8 @@ fn pod_lifecycle(handler: &str) {
             shim_argv0.ends_with(want_shim),
             "{handler}: served by {shim_argv0}"
         );
-        // The file, not its name: our daemon runs from a detached read-only view of the
-        // installed binary (README "Security"), whose link reads "/"; same inode.
+        // The file, not its name (the same inode whether the link reads its path or "/", as
+        // for a detached read-only view of it: README "Security").
         let file_id = |p: &str| {
             use std::os::unix::fs::MetadataExt;
             let m = fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}"));

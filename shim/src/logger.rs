@@ -58,6 +58,36 @@ impl Log for FifoLogger {
     fn flush(&self) {}
 }
 
+/// In the launcher: logs to `fd`, the daemon's log the launcher was given, if it is open,
+/// at the level of `SHIM_RS_LOG_LEVEL` (which the daemon sets for it).
+pub fn adopt(fd: std::os::fd::RawFd) {
+    // SAFETY: fcntl with an integer argument: whether `fd` is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return;
+    }
+    // SAFETY: the descriptor was passed to this process for the log alone.
+    let file = unsafe { File::from_raw_fd(fd) };
+    install(file, env_level().unwrap_or(LevelFilter::Info));
+}
+
+fn env_level() -> Option<LevelFilter> {
+    std::env::var("SHIM_RS_LOG_LEVEL")
+        .ok()
+        .and_then(|l| l.parse().ok())
+}
+
+fn install(file: File, level: LevelFilter) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    if log::set_boxed_logger(Box::new(FifoLogger {
+        file: Mutex::new(file),
+    }))
+    .is_ok()
+    {
+        let _ = LOG_FD.set(fd);
+        log::set_max_level(level);
+    }
+}
+
 /// Opens `log` in the current directory (the bundle) if containerd made it, and installs the
 /// logger. Returns the fifo so it can also become the daemon's stderr (panics then reach
 /// containerd's log).
@@ -77,22 +107,12 @@ pub fn init(debug: bool) -> Option<File> {
     // SAFETY: we own the freshly opened descriptor.
     let file = unsafe { File::from_raw_fd(fd) };
     let copy = file.try_clone().ok();
-    let level = std::env::var("SHIM_RS_LOG_LEVEL")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(if debug {
-            LevelFilter::Debug
-        } else {
-            LevelFilter::Info
-        });
-    if log::set_boxed_logger(Box::new(FifoLogger {
-        file: Mutex::new(file),
-    }))
-    .is_ok()
-    {
-        let _ = LOG_FD.set(fd);
-        log::set_max_level(level);
-    }
+    let level = env_level().unwrap_or(if debug {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    });
+    install(file, level);
     copy.map(|f| {
         // SAFETY: as above; the clone is ours.
         unsafe { File::from_raw_fd(f.into_raw_fd()) }

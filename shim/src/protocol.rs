@@ -1,18 +1,19 @@
 //! The shim protocol: the `start` action (returns the daemon's address), the daemon itself,
 //! the `delete` action containerd runs after every container, `-info` and `-v`.
 //!
-//! `start` binds the ttrpc socket and then forks: the child executes the binary again as the
-//! daemon, from a sealed, read-only view of it (see `runtime::launch::sealed_exe`: no
-//! process that enters a container can reach the host binary for writing), and the parent
-//! prints the address and exits. The listening socket already queues connections, so
-//! containerd can dial before the daemon has finished starting.
+//! `start` binds the ttrpc socket and then forks: the child goes on as the daemon, and the
+//! parent prints the address and exits. The listening socket already queues connections, so
+//! containerd can dial before the daemon has finished starting. The daemon executes its
+//! launcher, the parent of every container process, from a sealed, read-only view of the
+//! binary (see `runtime::launch::sealed_exe`: no process that enters a container can reach
+//! the host binary for writing).
 //! What `start` reads and writes differs by containerd version: see [`crate::bootstrap`].
 
 use std::{
     ffi::OsString,
     io::Write,
     os::{
-        fd::{AsRawFd, FromRawFd},
+        fd::AsRawFd,
         unix::net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
@@ -28,9 +29,9 @@ use containerd_shim_protos::{
 use log::{error, info};
 use runtime::launch::{
     sealed_exe::{ExecArgv, SealedExe},
+    zygote::LAUNCHER_LOG_FD,
     Zygote,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::{
     bootstrap::{self, StartConfig},
@@ -69,8 +70,11 @@ pub fn main() -> i32 {
         match flags.action.as_str() {
             "start" => start(&flags),
             "delete" => delete(&flags),
-            // Not containerd's: the daemon, as `start` executes it (see `spawn_daemon`).
-            DAEMON_ACTION => run_daemon(),
+            // Not containerd's: the launcher, as the daemon executes it (see `Zygote::spawn`).
+            LAUNCHER_ACTION => {
+                logger::adopt(LAUNCHER_LOG_FD);
+                runtime::launch::zygote::run_launcher()
+            }
             // Not containerd's: a default config.json to start a bundle from, as `runc spec`.
             "spec" => {
                 println!("{}", runtime::spec::default_spec_json());
@@ -202,7 +206,7 @@ fn start(flags: &Flags) -> Result<(), String> {
         e
     };
     adjust_oom_score().map_err(forget_socket)?;
-    let child = spawn_daemon(&cfg, listener, &path).map_err(forget_socket)?;
+    let child = fork_daemon(&cfg, listener, &path).map_err(forget_socket)?;
     answer(&cfg, &bundle, &address).inspect_err(|_| {
         // containerd will never know this daemon (a full disk for the address file,
         // containerd gone): end it, and its launcher with it (PDEATHSIG).
@@ -212,14 +216,11 @@ fn start(flags: &Flags) -> Result<(), String> {
     })
 }
 
-/// The action `start` executes the daemon with, in place of its own.
-const DAEMON_ACTION: &str = "daemon";
-/// Where the daemon finds the listening socket and its configuration.
-const DAEMON_LISTENER_FD: i32 = 3;
-const DAEMON_CONFIG_FD: i32 = 4;
+/// The action the daemon executes its launcher with (see [`Zygote::spawn`]).
+const LAUNCHER_ACTION: &str = "launcher";
 
-/// What the daemon needs from `start` (which read it from stdin, flags and environment).
-#[derive(Debug, Serialize, Deserialize)]
+/// What the daemon keeps of `start`'s input (read from stdin, flags and environment).
+#[derive(Debug)]
 struct DaemonConfig {
     namespace: String,
     ttrpc_address: String,
@@ -228,95 +229,69 @@ struct DaemonConfig {
     socket: PathBuf,
 }
 
-/// Forks; the child executes the sealed binary as the daemon, with the listening socket as
-/// fd 3 and its configuration readable on fd 4. The argv stays `start`'s, but for the
-/// action, so tools that find shims by their flags (containerd's, ours) still do.
-fn spawn_daemon(
+/// Forks the daemon. `start` is single-threaded, so the child simply goes on as the daemon:
+/// no second execution of the binary, whose loading would delay the daemon's first answer
+/// (the launcher, which does need a fresh process, is executed from the sealed view while
+/// the daemon already serves).
+fn fork_daemon(
     cfg: &StartConfig,
     listener: UnixListener,
     socket: &Path,
 ) -> Result<nix::unistd::Pid, String> {
     let exe = SealedExe::of_self().map_err(|e| format!("seal the shim binary: {e}"))?;
-    let config = serde_json::to_vec(&DaemonConfig {
-        namespace: cfg.namespace.clone(),
-        ttrpc_address: cfg.ttrpc_address.clone(),
-        debug: cfg.debug,
-        origin: format!("{} ({:?})", cfg.origin, exe.seal),
-        socket: socket.to_path_buf(),
-    })
-    .map_err(|e| e.to_string())?;
-    let (config_r, config_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    // Far smaller than a pipe's buffer: written whole before anyone reads.
-    std::fs::File::from(config_w)
-        .write_all(&config)
-        .map_err(|e| format!("write the daemon's configuration: {e}"))?;
-    let argv = std::env::args_os().map(|a| {
-        if a == "start" {
-            OsString::from(DAEMON_ACTION)
-        } else {
-            a
-        }
-    });
-    let args = ExecArgv::new(argv, std::env::vars_os()).map_err(|e| e.to_string())?;
-    // SAFETY: the child only calls dup2 and execveat (async-signal-safe) before exec.
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+    // SAFETY: no thread has been started in this process (`start` starts none), so the
+    // child may run any code.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork shim daemon: {e}"))? {
-        nix::unistd::ForkResult::Parent { child } => {
-            // The parent's copy of the sealed view goes now: once the child has executed it,
-            // no descriptor of it remains anywhere (a detached mount then dissolves).
-            drop(exe);
-            Ok(child)
-        }
+        nix::unistd::ForkResult::Parent { child } => Ok(child),
         nix::unistd::ForkResult::Child => {
-            // dup2 clears close-on-exec on the copies: exactly these two cross the exec.
-            // SAFETY: dup2 on descriptors we own; moved above 4 first so that the second
-            // dup2 cannot overwrite the first's source.
-            unsafe {
-                let l = libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
-                let c = libc::fcntl(config_r.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
-                if l < 0
-                    || c < 0
-                    || libc::dup2(l, DAEMON_LISTENER_FD) < 0
-                    || libc::dup2(c, DAEMON_CONFIG_FD) < 0
-                {
-                    libc::_exit(127);
-                }
+            // containerd reads `start`'s stdout and stderr (one pipe) to EOF before it
+            // dials the socket: let go of them first of all.
+            for fd in 0..=2 {
+                redirect(fd, &null);
             }
-            let _ = exe.exec(&args);
-            // SAFETY: _exit skips the exit handlers of the process this is a copy of.
-            unsafe { libc::_exit(127) }
+            drop(null);
+            let cfg = DaemonConfig {
+                namespace: cfg.namespace.clone(),
+                ttrpc_address: cfg.ttrpc_address.clone(),
+                debug: cfg.debug,
+                origin: format!("{} ({:?})", cfg.origin, exe.seal),
+                socket: socket.to_path_buf(),
+            };
+            let code = match daemon(&cfg, listener, exe) {
+                Ok(()) => 0,
+                Err(e) => {
+                    error!("shim daemon: {e}");
+                    1
+                }
+            };
+            std::process::exit(code)
         }
     }
 }
 
-/// The `daemon` action: the daemon `start` executed (see `spawn_daemon`).
-fn run_daemon() -> Result<(), String> {
-    // SAFETY: `start` passed these two descriptors to us; nothing else owns them.
-    let (listener, config) = unsafe {
-        (
-            UnixListener::from_raw_fd(DAEMON_LISTENER_FD),
-            std::fs::File::from_raw_fd(DAEMON_CONFIG_FD),
-        )
-    };
-    for fd in [DAEMON_LISTENER_FD, DAEMON_CONFIG_FD] {
-        // SAFETY: fcntl with an integer argument on our descriptor.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    // Read whole, then parsed: serde_json's reader would read the unbuffered pipe a byte
-    // per syscall (hundreds of them before the daemon can answer containerd).
-    let text = std::io::read_to_string(config)
-        .map_err(|e| format!("read the daemon's configuration from start: {e}"))?;
-    let cfg: DaemonConfig = serde_json::from_str(&text)
-        .map_err(|e| format!("parse the daemon's configuration from start: {e}"))?;
-    let code = match daemon(&cfg, listener) {
-        Ok(()) => 0,
-        Err(e) => {
-            error!("shim daemon: {e}");
-            1
+/// argv and environment of the launcher: `start`'s, but for the action (tools that find
+/// shims by their flags, containerd's and ours, still do) and the log level to keep.
+fn launcher_args() -> Result<ExecArgv, String> {
+    let argv = std::env::args_os().map(|a| {
+        if a == "start" {
+            OsString::from(LAUNCHER_ACTION)
+        } else {
+            a
         }
-    };
-    std::process::exit(code)
+    });
+    let level = OsString::from(log::max_level().to_string());
+    let env = std::env::vars_os()
+        .filter(|(k, _)| k != LOG_LEVEL_ENV)
+        .chain(std::iter::once((OsString::from(LOG_LEVEL_ENV), level)));
+    ExecArgv::new(argv, env).map_err(|e| format!("the launcher's arguments: {e}"))
 }
+
+const LOG_LEVEL_ENV: &str = "SHIM_RS_LOG_LEVEL";
 
 /// Sets our oom_score_adj to containerd's + 1 (at most 1000) before the daemon is forked, as
 /// containerd's runc shim does: under memory pressure the kernel picks a shim before
@@ -350,24 +325,15 @@ fn redirect(fd: i32, file: &std::fs::File) {
     unsafe { libc::dup2(file.as_raw_fd(), fd) };
 }
 
-/// The long-lived daemon: executed by `start` (from the sealed binary), in the bundle
-/// directory.
-fn daemon(cfg: &DaemonConfig, listener: UnixListener) -> Result<(), String> {
+/// The long-lived daemon: forked by `start`, in the bundle directory, with stdio on
+/// /dev/null; `exe` is the sealed view of the binary to execute the launcher from.
+fn daemon(cfg: &DaemonConfig, listener: UnixListener, exe: SealedExe) -> Result<(), String> {
     let socket = cfg.socket.as_path();
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    // containerd waits for EOF on our stdout: hand back its pipe, keep stderr for the log.
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| e.to_string())?;
-    redirect(0, &null);
-    redirect(1, &null);
-    match logger::init(cfg.debug) {
-        Some(log_fifo) => redirect(2, &log_fifo),
-        None => redirect(2, &null),
+    // The log fifo as stderr too: panics then reach containerd's log.
+    if let Some(log_fifo) = logger::init(cfg.debug) {
+        redirect(2, &log_fifo);
     }
-    drop(null);
     // A panic on any thread ends the daemon at once: a half-dead shim (its exits or events
     // thread gone) would lose exits silently, a dead one is cleaned up by containerd.
     std::panic::set_hook(Box::new(|info| {
@@ -384,10 +350,15 @@ fn daemon(cfg: &DaemonConfig, listener: UnixListener) -> Result<(), String> {
     // The bundle, our working directory until now, is no business of the launcher's.
     let bundle = BundleWatch::here();
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
-    // Still single-threaded here: the launcher must be forked before any thread exists.
-    // SAFETY: no thread has been started in this process.
-    let log_fd: Vec<_> = logger::fd().into_iter().collect();
-    let zygote = unsafe { Zygote::spawn(&log_fd) }.map_err(|e| e.to_string())?;
+    // On this thread, which lives as long as the daemon (the launcher's death signal
+    // follows it). The parent's view of the binary goes with it: once the launcher has
+    // executed it, no descriptor of it remains anywhere (a detached mount then dissolves).
+    let log_fd = logger::fd().map(|fd| {
+        // SAFETY: the logger's descriptor stays open as long as the process.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+    });
+    let zygote = Zygote::spawn(&exe, &launcher_args()?, log_fd).map_err(|e| e.to_string())?;
+    drop(exe);
 
     let exits = zygote
         .take_exit_channel()

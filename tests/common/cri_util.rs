@@ -74,8 +74,8 @@ pub fn argv0(pid: i32) -> String {
 }
 
 /// The shim daemon serving a container process: its topmost ancestor that is a
-/// containerd-shim-* binary (our launcher is a forked shim below the daemon). By argv[0]:
-/// our daemon runs from a detached view of its binary, whose /proc/PID/exe reads "/".
+/// containerd-shim-* binary (our launcher is a shim below the daemon). By argv[0]: our
+/// launcher runs from a detached view of the binary, whose /proc/PID/exe reads "/".
 pub fn serving_shim(pid: i32) -> Option<i32> {
     let (mut top, mut p) = (None, pid);
     for _ in 0..64 {

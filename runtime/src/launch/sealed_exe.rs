@@ -7,10 +7,9 @@
 //! code, or a neighbour with ptrace rights through /proc/<pid>/exe, could keep a handle on
 //! the host binary and write it as soon as nothing executes it any more.
 //!
-//! So the shim daemon does not run from the host's path: `start` re-executes the binary
-//! once, from a read-only view of it that no path reaches, and the daemon (and with it the
-//! launcher it forks, and every process the launcher clones) has that view as its
-//! executable. The view is, by preference:
+//! So the launcher does not run from the host's path: the daemon executes it from a
+//! read-only view of the binary that no path reaches, and the launcher and every process it
+//! clones have that view as their executable. The view is, by preference:
 //! - a read-only bind mount of the binary itself (open_tree + mount_setattr), detached: once
 //!   the last descriptor of it is closed, the kernel dissolves it, so nothing can attach it,
 //!   clone it or change its flags any more, and the file's page cache is the host binary's
@@ -78,24 +77,31 @@ impl SealedExe {
                 }),
         }
     }
+}
 
-    /// Executes the sealed binary (execveat with AT_EMPTY_PATH); only returns on failure.
-    /// Allocates nothing: fit for the child of a fork.
-    pub fn exec(&self, args: &ExecArgv) -> io::Error {
-        // SAFETY: NULL-terminated arrays of NUL-terminated strings that `args` keeps alive;
-        // an empty path with AT_EMPTY_PATH names the descriptor itself.
-        unsafe {
-            libc::syscall(
-                libc::SYS_execveat,
-                self.fd.as_raw_fd(),
-                c"".as_ptr(),
-                args.argv_ptrs.as_ptr(),
-                args.envp_ptrs.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            )
-        };
-        io::Error::last_os_error()
+impl AsRawFd for SealedExe {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
     }
+}
+
+/// Executes the sealed binary `fd` refers to (a [`SealedExe`]'s, or a copy of it) with
+/// execveat and AT_EMPTY_PATH; only returns on failure. Allocates nothing: fit for the child
+/// of a fork.
+pub fn exec_fd(fd: std::os::fd::RawFd, args: &ExecArgv) -> io::Error {
+    // SAFETY: NULL-terminated arrays of NUL-terminated strings that `args` keeps alive; an
+    // empty path with AT_EMPTY_PATH names the descriptor itself.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            c"".as_ptr(),
+            args.argv_ptrs.as_ptr(),
+            args.envp_ptrs.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    io::Error::last_os_error()
 }
 
 /// A detached, read-only, nosuid, nodev bind of the binary `exe` refers to.

@@ -1,4 +1,5 @@
-//! The launcher: a single-threaded helper process forked before the shim starts threads.
+//! The launcher: a single-threaded helper process the shim executes from the sealed view of
+//! its binary, the parent of every container process.
 
 use std::{
     collections::HashSet,
@@ -13,6 +14,7 @@ use super::{
     channel::{Channel, Received},
     init,
     pidfd::Pidfd,
+    sealed_exe::{exec_fd, ExecArgv, SealedExe},
     spawn, Launched,
 };
 use crate::{
@@ -74,29 +76,70 @@ pub struct Zygote {
     exits: Mutex<Option<Channel>>,
 }
 
+/// Where the executed launcher finds its request channel, its exit channel and (if open)
+/// the shim's log, placed by [`Zygote::spawn`].
+const LAUNCHER_CHANNEL_FD: i32 = 3;
+const LAUNCHER_EXITS_FD: i32 = 4;
+pub const LAUNCHER_LOG_FD: i32 = 5;
+
 impl Zygote {
-    /// Forks the launcher. It keeps stdio, its two channels and `keep` (the shim's log:
-    /// the launcher and the processes it clones log through it until they exec).
+    /// Starts the launcher: forks, and the child executes `exe` (the sealed view of the
+    /// shim binary, see [`SealedExe`]) with `args`, which must make that binary call
+    /// [`run_launcher`]. The launcher gets its two channels and `log` (the shim's log: the
+    /// launcher and the processes it clones log through it until they exec).
     ///
-    /// # Safety
-    /// The calling process must be single-threaded: the launcher relies on having been
-    /// forked from a process whose locks and allocator state no other thread could hold.
-    pub unsafe fn spawn(keep: &[std::os::fd::RawFd]) -> Result<Zygote> {
+    /// A fresh process rather than a plain fork of the shim: it shares no lock or allocator
+    /// state with the caller, which may already run threads, and it and every process it
+    /// clones have the sealed view as their executable, never the host's binary. Call it from
+    /// the thread that lives as long as the shim: the launcher's death signal follows the
+    /// thread that forked it.
+    pub fn spawn(exe: &SealedExe, args: &ExecArgv, log: Option<BorrowedFd<'_>>) -> Result<Zygote> {
         let (shim_end, zygote_end) = Channel::pair()?;
         let (exits_shim_end, exits_zygote_end) = Channel::pair()?;
         let parent = std::process::id() as i32;
-        // SAFETY: the caller guarantees a single-threaded process.
+        let log = log.map_or(-1, |f| f.as_raw_fd());
+        // SAFETY: the child only makes async-signal-safe system calls before it executes
+        // (or exits): whatever other threads of ours held at the fork cannot matter.
         match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork launcher", e))? {
             nix::unistd::ForkResult::Child => {
-                drop(shim_end);
-                drop(exits_shim_end);
-                // Nothing of the daemon's but stdio and our two channels: not its ttrpc
-                // listening socket, not its working directory.
-                let mut kept = vec![zygote_end.as_raw_fd(), exits_zygote_end.as_raw_fd()];
-                kept.extend_from_slice(keep);
-                close_all_but(&kept);
-                let _ = std::env::set_current_dir("/");
-                serve(zygote_end, exits_zygote_end, parent)
+                let from = [zygote_end.as_raw_fd(), exits_zygote_end.as_raw_fd(), log];
+                let exe = exe.as_raw_fd();
+                // SAFETY: descriptor and prctl system calls on our own descriptors.
+                unsafe {
+                    // Dies with the shim; set before the check so no death goes unseen.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                    if libc::getppid() != parent {
+                        libc::_exit(0);
+                    }
+                    // Copied above the targets first: no dup2 can overwrite another's source
+                    // (nor the binary's descriptor).
+                    let exe = libc::fcntl(exe, libc::F_DUPFD_CLOEXEC, 10);
+                    if exe < 0 {
+                        libc::_exit(127);
+                    }
+                    let mut high = [-1; 3];
+                    for (h, f) in high.iter_mut().zip(from) {
+                        if f >= 0 {
+                            *h = libc::fcntl(f, libc::F_DUPFD_CLOEXEC, 10);
+                            if *h < 0 {
+                                libc::_exit(127);
+                            }
+                        }
+                    }
+                    let to = [LAUNCHER_CHANNEL_FD, LAUNCHER_EXITS_FD, LAUNCHER_LOG_FD];
+                    for (h, t) in high.into_iter().zip(to) {
+                        // dup2 clears close-on-exec: exactly these cross the exec (and no
+                        // stray descriptor passes for a log that is not there).
+                        if h < 0 {
+                            libc::close(t);
+                        } else if libc::dup2(h, t) < 0 {
+                            libc::_exit(127);
+                        }
+                    }
+                    let _ = exec_fd(exe, args);
+                }
+                // SAFETY: _exit skips the exit handlers of the process this is a copy of.
+                unsafe { libc::_exit(127) }
             }
             nix::unistd::ForkResult::Parent { child } => Ok(Zygote {
                 pid: child.as_raw(),
@@ -296,6 +339,43 @@ pub(crate) fn launcher_alive() -> bool {
     unsafe { libc::poll(&mut p, 1, 0) == 0 }
 }
 
+/// The launcher's entry point, in the binary [`Zygote::spawn`] executed: takes the channels
+/// it placed, keeps nothing else, and serves until the shim is gone. Never returns.
+pub fn run_launcher() -> ! {
+    // SAFETY: `Zygote::spawn` placed these two channels there for us alone.
+    let (channel, exits) = unsafe {
+        (
+            Channel::from_fd(OwnedFd::from_raw_fd(LAUNCHER_CHANNEL_FD)),
+            Channel::from_fd(OwnedFd::from_raw_fd(LAUNCHER_EXITS_FD)),
+        )
+    };
+    // Not passed on by the execs of the processes we clone (the log is theirs until then).
+    for fd in [LAUNCHER_CHANNEL_FD, LAUNCHER_EXITS_FD, LAUNCHER_LOG_FD] {
+        // SAFETY: fcntl with an integer argument (EBADF for a log that is not there).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // Set before the exec, and kept by it unless our credentials changed: then set it now.
+    let mut death = 0;
+    // SAFETY: prctl writing an int we own; then with integer arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_GET_PDEATHSIG,
+            &mut death as *mut libc::c_int,
+            0,
+            0,
+            0,
+        );
+        if death != libc::SIGKILL {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        }
+    }
+    // Only stdio, the channels and the log (when open) survive: anything the shim left
+    // without close-on-exec must not reach a container.
+    close_all_but(&[LAUNCHER_CHANNEL_FD, LAUNCHER_EXITS_FD, LAUNCHER_LOG_FD]);
+    let _ = std::env::set_current_dir("/");
+    serve(channel, exits)
+}
+
 fn set_name(name: &[u8]) {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
@@ -306,15 +386,9 @@ fn set_name(name: &[u8]) {
 /// It is the parent (and, as a subreaper, the reaper of orphans) of every container process,
 /// so it learns each pid before that process can be reaped: exits are reported exactly, in
 /// order, and a reused pid can never be confused with an old one.
-fn serve(channel: Channel, exits: Channel, parent: i32) -> ! {
-    // SAFETY: prctl with integer arguments.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    }
-    if nix::unistd::getppid().as_raw() != parent {
-        std::process::exit(0);
-    }
+fn serve(channel: Channel, exits: Channel) -> ! {
+    // SAFETY: prctl with integer arguments. (The death signal was set before the exec.)
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     set_name(b"shim-rs-launch\0");
     // Opened here, in the host's mount namespace, and inherited by every process we clone:
     // their only way to their own /proc files (see `procfs`).
