@@ -398,6 +398,67 @@ fn a_neighbour_cannot_reopen_the_runtime_binary_through_proc_pid_exe() {
     }
 }
 
+/// A container in the host's pid namespace with the default capabilities (a hostPID pod)
+/// sees the shim daemon and, for ours, its launcher. It reaches neither binary: the daemon
+/// runs the host's binary, as containerd's runc shim does, but /proc/<pid>/exe of a process
+/// with more capabilities needs CAP_SYS_PTRACE; the launcher runs the sealed view.
+#[test]
+fn a_host_pid_container_cannot_reach_the_shim_binary() {
+    let _serial = shared();
+    for rt in runtimes(true) {
+        let tool = format!(
+            "type=bind,src={},dst=/attack,options=rbind:ro",
+            attack_tool().display()
+        );
+        // The test's own pid namespace: the host's, the shim's (pid 1 may be out of reach).
+        let host_pid = format!("pid:/proc/{}/ns/pid", std::process::id());
+        let a = Detached::start(
+            "hostpid",
+            &rt,
+            &["--with-ns", &host_pid, "--mount", &tool],
+            &["sleep", "600"],
+        );
+        // The topmost containerd-shim-* ancestor of the init: the daemon.
+        let mut daemon = None;
+        let mut p = task_pid(&a.0);
+        while p > 1 {
+            p = ppid_of(p);
+            let argv0 = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let argv0 = String::from_utf8_lossy(argv0.split(|&b| b == 0).next().unwrap_or(&[]))
+                .into_owned();
+            if Path::new(&argv0)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("containerd-shim-"))
+            {
+                daemon = Some(p);
+            }
+        }
+        let daemon = daemon.unwrap_or_else(|| panic!("{rt}: no shim above the init"));
+        let out = ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "scan",
+            &a.0,
+            "/attack",
+            "scan-exe",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let seen = format!("exe path=/proc/{daemon}/exe ");
+        let line = text.lines().find(|l| l.starts_with(&seen));
+        assert!(
+            line.is_some_and(|l| l.contains(" open=errno:")),
+            "{rt}: the shim daemon {daemon}, seen from the host's pid namespace: {line:?}\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_no_writable_runtime_binary(
+            &rt,
+            "/proc/<pid>/exe from the host's pid namespace",
+            &text,
+        );
+    }
+}
+
 // ------------------------------------------------------- /dev traps (custom specs) ---
 
 /// A container run from a spec of our own (`ctr oci spec` edited) on a busybox rootfs
