@@ -924,7 +924,8 @@ fn sigkill_of_the_daemon_leaves_nothing() {
 }
 
 /// The launcher dies: every process of its containers is killed and reported exited 137
-/// (execs before their init), a new exec is refused, `ctr task rm -f` works, and the daemon
+/// (execs before their init), the shim's log says how the launcher ended and the daemon
+/// reaps it, a new exec is refused, `ctr task rm -f` works, and the daemon
 /// exits once containerd has deleted the task. (On the shim before issue 12 the task stayed
 /// RUNNING forever and `ctr task rm -f` hung.)
 #[test]
@@ -994,6 +995,18 @@ fn sigkill_of_the_launcher_reports_every_process_killed() {
         "an exec after the launcher died: timed out {} / {}",
         out.1,
         stderr_of(&out.0)
+    );
+    // The shim's log says how the launcher ended, and the daemon reaped it (no zombie).
+    let why = format!("the launcher (pid {}) was killed by SIGKILL", p.launcher);
+    assert!(
+        containerd_log_tail(400).contains(&why),
+        "the shim's log does not say {why:?}:\n{}",
+        containerd_log_tail(30)
+    );
+    assert!(
+        !Path::new(&format!("/proc/{}", p.launcher)).exists(),
+        "the dead launcher {} was not reaped",
+        p.launcher
     );
     let rm = run_with_timeout(
         Command::new(&env().ctr_bin).args([

@@ -74,6 +74,8 @@ pub struct Zygote {
     pid: i32,
     channel: Mutex<Channel>,
     exits: Mutex<Option<Channel>>,
+    /// How the launcher ended, once [`Zygote::reap`] knows.
+    ended: std::sync::OnceLock<String>,
 }
 
 /// Where the executed launcher finds its request channel, its exit channel and (if open)
@@ -145,12 +147,52 @@ impl Zygote {
                 pid: child.as_raw(),
                 channel: Mutex::new(shim_end),
                 exits: Mutex::new(Some(exits_shim_end)),
+                ended: std::sync::OnceLock::new(),
             }),
         }
     }
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Once the launcher's channels have closed: reaps it (it is our child; waiting at most
+    /// `wait` for it to finish exiting) and says how it ended, for the log and for the error
+    /// of every later launch.
+    pub fn reap(&self, wait: std::time::Duration) -> String {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let until = std::time::Instant::now() + wait;
+        let how = loop {
+            match waitpid(
+                nix::unistd::Pid::from_raw(self.pid),
+                Some(WaitPidFlag::WNOHANG),
+            ) {
+                Ok(WaitStatus::StillAlive) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Ok(WaitStatus::StillAlive) => break "still runs, its channels closed".to_owned(),
+                // Only the child of `spawn` exits so, before or instead of its exec.
+                Ok(WaitStatus::Exited(_, 127)) => {
+                    break "exited with status 127: the sealed view of the shim binary could \
+                           not be executed"
+                        .to_owned()
+                }
+                Ok(WaitStatus::Exited(_, code)) => break format!("exited with status {code}"),
+                Ok(WaitStatus::Signaled(_, sig, _)) => break format!("was killed by {sig}"),
+                Ok(other) => break format!("ended ({other:?})"),
+                Err(e) => break format!("could not be reaped ({e})"),
+            }
+        };
+        let how = format!("the launcher (pid {}) {how}", self.pid);
+        let _ = self.ended.set(how.clone());
+        how
+    }
+
+    fn gone(&self, why: &dyn std::fmt::Display) -> Error {
+        match self.ended.get() {
+            Some(how) => launcher_gone(&format_args!("{why}; {how}")),
+            None => launcher_gone(why),
+        }
     }
 
     /// The channel on which the launcher reports exits ([`Exit`]); can be taken once.
@@ -193,8 +235,8 @@ impl Zygote {
                 },
                 &fds,
             )
-            .map_err(|e| launcher_gone(&e))?;
-        match channel.recv::<Reply>().map_err(|e| launcher_gone(&e))? {
+            .map_err(|e| self.gone(&e))?;
+        match channel.recv::<Reply>().map_err(|e| self.gone(&e))? {
             Some((Reply::Launched { pid, in_cgroup }, mut fds)) if fds.len() == 2 => {
                 let pidfd = Arc::new(Pidfd::new(fds.pop().expect("two descriptors")));
                 register(pid, &pidfd);
@@ -209,7 +251,7 @@ impl Zygote {
             }
             Some((Reply::Failed { error }, _)) => Err(Error::Init(error)),
             Some(_) => Err(Error::Other("launcher sent a malformed reply".into())),
-            None => Err(launcher_gone(&"it closed its channel")),
+            None => Err(self.gone(&"it closed its channel")),
         }
     }
 }
@@ -226,11 +268,11 @@ impl Zygote {
             },
             &[],
         )?;
-        match channel.recv::<Reply>().map_err(|e| launcher_gone(&e))? {
+        match channel.recv::<Reply>().map_err(|e| self.gone(&e))? {
             Some((Reply::UserNamespace, mut fds)) if fds.len() == 1 => Ok(fds.pop().unwrap()),
             Some((Reply::Failed { error }, _)) => Err(Error::Init(error)),
             Some(_) => Err(Error::Other("launcher sent a malformed reply".into())),
-            None => Err(launcher_gone(&"it closed its channel")),
+            None => Err(self.gone(&"it closed its channel")),
         }
     }
 }

@@ -148,8 +148,9 @@ impl Service {
                 Slot::Creating(None) => None,
             })
             .collect();
+        let how = self.zygote.reap(Duration::from_millis(500));
         error!(
-            "the launcher process died: killing {} container(s), reporting their processes exited; no process can be started by this shim any more",
+            "{how}: killing {} container(s), reporting their processes exited; no process can be started by this shim any more",
             containers.len()
         );
         for c in containers {
