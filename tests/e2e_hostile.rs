@@ -342,6 +342,21 @@ fn an_exec_of_proc_self_exe_cannot_reach_the_runtime_binary_for_writing() {
     }
 }
 
+/// The attack tool's report on /proc/<pid>/exe of every process visible in container `id`
+/// (an exec there), with ctr's output.
+fn scan_exe_in(id: &str) -> (String, std::process::Output) {
+    let out = ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "scan",
+        id,
+        "/attack",
+        "scan-exe",
+    ]);
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out)
+}
+
 /// A privileged container shares its pid namespace with a container being created: it sees
 /// that container's first process while the runtime sets it up, and reopens the process's
 /// executable through /proc/<pid>/exe.
@@ -376,16 +391,7 @@ fn a_neighbour_cannot_reopen_the_runtime_binary_through_proc_pid_exe() {
         ]);
         // Created, not started: the first process waits in the runtime's code.
         let created = api.create_task(&b);
-        let out = ctr(&[
-            "task",
-            "exec",
-            "--exec-id",
-            "scan",
-            &a.0,
-            "/attack",
-            "scan-exe",
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (text, out) = scan_exe_in(&a.0);
         api.kill_and_delete(&b);
         remove_container(&b);
         let victim = created.unwrap_or_else(|e| panic!("{rt}: {e}"));
@@ -434,16 +440,7 @@ fn a_host_pid_container_cannot_reach_the_shim_binary() {
             }
         }
         let daemon = daemon.unwrap_or_else(|| panic!("{rt}: no shim above the init"));
-        let out = ctr(&[
-            "task",
-            "exec",
-            "--exec-id",
-            "scan",
-            &a.0,
-            "/attack",
-            "scan-exe",
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (text, out) = scan_exe_in(&a.0);
         let seen = format!("exe path=/proc/{daemon}/exe ");
         let line = text.lines().find(|l| l.starts_with(&seen));
         assert!(
