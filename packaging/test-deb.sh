@@ -38,12 +38,13 @@ out=$(ctr run --rm --runtime io.containerd.rs.v1 localhost/shim-rs/busybox:lates
 [[ $out == hello ]] || fail "expected hello, got: $out"
 say "ctr run --rm --runtime io.containerd.rs.v1 ... echo hello: $out"
 
-# Which binary served it: the daemon of a detached container, by inode (it runs from a
-# sealed view of the binary, whose link reads "/").
+# Which binary served it: the daemon of a detached container, by inode. The daemon is the
+# child `start` forked, so its argv ends with `start`; its launcher's ends with `launcher`
+# (and runs a sealed view of the binary, whose link reads "/").
 ctr run -d --runtime io.containerd.rs.v1 localhost/shim-rs/busybox:latest "$id-d" sleep 60 >/dev/null
 shim=""
 for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "-id $id-d .*daemon"; then
+    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -Eq -- "-id $id-d( .*)? start $"; then
         shim=${p#/proc/}
         break
     fi
