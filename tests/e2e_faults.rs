@@ -998,8 +998,11 @@ fn sigkill_of_the_launcher_reports_every_process_killed() {
     );
     // The shim's log says how the launcher ended, and the daemon reaped it (no zombie).
     let why = format!("the launcher (pid {}) was killed by SIGKILL", p.launcher);
+    // The whole log (other tests of this binary log too), which containerd writes a moment
+    // after the shim.
     assert!(
-        containerd_log_tail(400).contains(&why),
+        wait_until(Duration::from_secs(5), || containerd_log_tail(usize::MAX)
+            .contains(&why)),
         "the shim's log does not say {why:?}:\n{}",
         containerd_log_tail(30)
     );

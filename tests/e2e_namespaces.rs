@@ -80,7 +80,7 @@ fn userns(uid: &'static str, gid: &'static str) -> [&'static str; 4] {
 /// Runs the probe under our runtime and under runc; both must succeed with the same output.
 fn same_as_runc(prefix: &str, flags: &[&str], script: &str) -> String {
     let ours = run_sh(&runtime(), &unique_id(prefix), flags, script);
-    let theirs = run_sh(RUNC, &unique_id(prefix), flags, script);
+    let theirs = runc_output(prefix, flags, script, !ours.0.is_empty());
     assert_eq!(ours.2, 0, "{}: {ours:?}", runtime());
     assert_eq!(
         (&ours.0, &ours.2),
@@ -89,6 +89,27 @@ fn same_as_runc(prefix: &str, flags: &[&str], script: &str) -> String {
         runtime()
     );
     ours.0
+}
+
+/// runc's run of the probe, the reference. runc.v2 under load now and then loses the whole
+/// output of a short-lived container (seen: empty stdout, status 0, under two CPU hogs):
+/// when output was `expected`, an empty one is retried, twice at most. Only the reference
+/// is retried; ours must be right the first time.
+fn runc_output(
+    prefix: &str,
+    flags: &[&str],
+    script: &str,
+    expected: bool,
+) -> (String, String, i32) {
+    let mut theirs = run_sh(RUNC, &unique_id(prefix), flags, script);
+    for _ in 0..2 {
+        if !(expected && theirs.0.is_empty() && theirs.2 == 0) {
+            break;
+        }
+        eprintln!("{RUNC} printed nothing (status 0): run again");
+        theirs = run_sh(RUNC, &unique_id(prefix), flags, script);
+    }
+    theirs
 }
 
 fn ns_link(pid: i32, kind: &str) -> String {
@@ -522,10 +543,36 @@ fn exec_joins_the_user_and_time_namespaces_of_the_container() {
             fs::write(dir.join(format!("{id}.jq")), patch).unwrap();
         }
         let c = Running::start_on(rt, &id, &flags, &["sleep", "300"]);
-        let out = ctr(&["task", "exec", "--exec-id", "e1", &c.id, "sh", "-c", script]);
-        let (out, err, code) = text(&out);
+        let exec = |n: usize| {
+            let eid = format!("e{n}");
+            text(&ctr(&[
+                "task",
+                "exec",
+                "--exec-id",
+                &eid,
+                &c.id,
+                "sh",
+                "-c",
+                script,
+            ]))
+        };
+        let (mut out, mut err, mut code) = exec(1);
+        // The reference only: runc.v2 now and then loses a short exec's output under load
+        // (see `runc_output`).
+        for n in 2..4 {
+            if !(rt == RUNC && out.is_empty() && code == 0) {
+                break;
+            }
+            (out, err, code) = exec(n);
+        }
         assert_eq!(code, 0, "{rt}: {err}");
         let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines.len() >= 5,
+            "{rt}: the exec printed {} of 5 lines: {out:?} (stderr {err:?})\n{}",
+            lines.len(),
+            containerd_log_tail(40)
+        );
         assert_eq!(
             lines[..3],
             ["0", MAP_LINE, c.ns("user").as_str()],
