@@ -14,6 +14,8 @@
 #[path = "common/api.rs"]
 mod api;
 mod common;
+#[path = "common/procs.rs"]
+mod procs;
 
 use std::{
     fs,
@@ -30,6 +32,7 @@ use std::{
 
 use api::{process_spec, Api};
 use common::*;
+use procs::{ppid_of, serving_shim};
 use serde_json::{json, Value};
 
 const RUNC: &str = "io.containerd.runc.v2";
@@ -424,22 +427,8 @@ fn a_host_pid_container_cannot_reach_the_shim_binary() {
             &["--with-ns", &host_pid, "--mount", &tool],
             &["sleep", "600"],
         );
-        // The topmost containerd-shim-* ancestor of the init: the daemon.
-        let mut daemon = None;
-        let mut p = task_pid(&a.0);
-        while p > 1 {
-            p = ppid_of(p);
-            let argv0 = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            let argv0 = String::from_utf8_lossy(argv0.split(|&b| b == 0).next().unwrap_or(&[]))
-                .into_owned();
-            if Path::new(&argv0)
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("containerd-shim-"))
-            {
-                daemon = Some(p);
-            }
-        }
-        let daemon = daemon.unwrap_or_else(|| panic!("{rt}: no shim above the init"));
+        let daemon =
+            serving_shim(task_pid(&a.0)).unwrap_or_else(|| panic!("{rt}: no shim above the init"));
         let (text, out) = scan_exe_in(&a.0);
         let seen = format!("exe path=/proc/{daemon}/exe ");
         let line = text.lines().find(|l| l.starts_with(&seen));
@@ -914,15 +903,6 @@ fn listening_socket_inodes(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn ppid_of(pid: i32) -> i32 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit(')')
-        .next()
-        .and_then(|r| r.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .unwrap()
-}
-
 /// The launcher (and every container process it clones, until its exec) holds nothing of the
 /// daemon's it does not need: not the ttrpc listening socket, not the bundle as its working
 /// directory; and it runs the shim binary from a read-only mount.
@@ -934,7 +914,7 @@ fn the_launcher_holds_no_listening_socket_no_bundle_cwd_and_a_read_only_binary()
     }
     let c = Detached::sleeping("hygiene");
     let init = task_pid(&c.0);
-    let launcher = ppid_of(init);
+    let launcher = ppid_of(init).expect("the init's parent");
     let comm = fs::read_to_string(format!("/proc/{launcher}/comm")).unwrap();
     assert_eq!(comm.trim(), "shim-rs-launch", "the init's parent");
     let cwd = fs::read_link(format!("/proc/{launcher}/cwd")).unwrap();
