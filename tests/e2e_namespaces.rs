@@ -80,7 +80,9 @@ fn userns(uid: &'static str, gid: &'static str) -> [&'static str; 4] {
 /// Runs the probe under our runtime and under runc; both must succeed with the same output.
 fn same_as_runc(prefix: &str, flags: &[&str], script: &str) -> String {
     let ours = run_sh(&runtime(), &unique_id(prefix), flags, script);
-    let theirs = runc_output(prefix, flags, script, !ours.0.is_empty());
+    let theirs = reference_retried(RUNC, !ours.0.is_empty(), |_| {
+        run_sh(RUNC, &unique_id(prefix), flags, script)
+    });
     assert_eq!(ours.2, 0, "{}: {ours:?}", runtime());
     assert_eq!(
         (&ours.0, &ours.2),
@@ -91,25 +93,24 @@ fn same_as_runc(prefix: &str, flags: &[&str], script: &str) -> String {
     ours.0
 }
 
-/// runc's run of the probe, the reference. runc.v2 under load now and then loses the whole
-/// output of a short-lived container (seen: empty stdout, status 0, under two CPU hogs):
-/// when output was `expected`, an empty one is retried, twice at most. Only the reference
-/// is retried; ours must be right the first time.
-fn runc_output(
-    prefix: &str,
-    flags: &[&str],
-    script: &str,
+/// A run of the reference, runc.v2, which under load now and then loses the whole output of
+/// a short-lived process (seen: empty stdout, status 0, under two CPU hogs): when `rt` is
+/// runc and output was `expected`, an empty one is run again (attempt 1, 2), twice at most.
+/// Ours must be right the first time.
+fn reference_retried(
+    rt: &str,
     expected: bool,
+    mut run: impl FnMut(usize) -> (String, String, i32),
 ) -> (String, String, i32) {
-    let mut theirs = run_sh(RUNC, &unique_id(prefix), flags, script);
-    for _ in 0..2 {
-        if !(expected && theirs.0.is_empty() && theirs.2 == 0) {
+    let mut out = run(0);
+    for attempt in 1..3 {
+        if !(rt == RUNC && expected && out.0.is_empty() && out.2 == 0) {
             break;
         }
         eprintln!("{RUNC} printed nothing (status 0): run again");
-        theirs = run_sh(RUNC, &unique_id(prefix), flags, script);
+        out = run(attempt);
     }
-    theirs
+    out
 }
 
 fn ns_link(pid: i32, kind: &str) -> String {
@@ -543,28 +544,11 @@ fn exec_joins_the_user_and_time_namespaces_of_the_container() {
             fs::write(dir.join(format!("{id}.jq")), patch).unwrap();
         }
         let c = Running::start_on(rt, &id, &flags, &["sleep", "300"]);
-        let exec = |n: usize| {
+        let (out, err, code) = reference_retried(rt, true, |n| {
             let eid = format!("e{n}");
-            text(&ctr(&[
-                "task",
-                "exec",
-                "--exec-id",
-                &eid,
-                &c.id,
-                "sh",
-                "-c",
-                script,
-            ]))
-        };
-        let (mut out, mut err, mut code) = exec(1);
-        // The reference only: runc.v2 now and then loses a short exec's output under load
-        // (see `runc_output`).
-        for n in 2..4 {
-            if !(rt == RUNC && out.is_empty() && code == 0) {
-                break;
-            }
-            (out, err, code) = exec(n);
-        }
+            let argv = ["task", "exec", "--exec-id", &eid, &c.id, "sh", "-c", script];
+            text(&ctr(&argv))
+        });
         assert_eq!(code, 0, "{rt}: {err}");
         let lines: Vec<&str> = out.lines().collect();
         assert!(
