@@ -70,10 +70,11 @@ pub fn adopt(fd: std::os::fd::RawFd) {
     install(file, env_level().unwrap_or(LevelFilter::Info));
 }
 
+/// The variable that overrides the log level (the daemon also sets it for its launcher).
+pub const LEVEL_ENV: &str = "SHIM_RS_LOG_LEVEL";
+
 fn env_level() -> Option<LevelFilter> {
-    std::env::var("SHIM_RS_LOG_LEVEL")
-        .ok()
-        .and_then(|l| l.parse().ok())
+    std::env::var(LEVEL_ENV).ok().and_then(|l| l.parse().ok())
 }
 
 fn install(file: File, level: LevelFilter) {

@@ -219,16 +219,6 @@ fn start(flags: &Flags) -> Result<(), String> {
 /// The action the daemon executes its launcher with (see [`Zygote::spawn`]).
 const LAUNCHER_ACTION: &str = "launcher";
 
-/// What the daemon keeps of `start`'s input (read from stdin, flags and environment).
-#[derive(Debug)]
-struct DaemonConfig {
-    namespace: String,
-    ttrpc_address: String,
-    debug: bool,
-    origin: String,
-    socket: PathBuf,
-}
-
 /// Forks the daemon. `start` is single-threaded, so the child simply goes on as the daemon:
 /// no second execution of the binary, whose loading would delay the daemon's first answer
 /// (the launcher, which does need a fresh process, is executed from the sealed view while
@@ -238,6 +228,8 @@ fn fork_daemon(
     listener: UnixListener,
     socket: &Path,
 ) -> Result<nix::unistd::Pid, String> {
+    // For the daemon's launcher, but made here: a failure is then start's error, which
+    // containerd shows to its client.
     let exe = SealedExe::of_self().map_err(|e| format!("seal the shim binary: {e}"))?;
     let null = std::fs::OpenOptions::new()
         .read(true)
@@ -255,14 +247,7 @@ fn fork_daemon(
                 redirect(fd, &null);
             }
             drop(null);
-            let cfg = DaemonConfig {
-                namespace: cfg.namespace.clone(),
-                ttrpc_address: cfg.ttrpc_address.clone(),
-                debug: cfg.debug,
-                origin: format!("{} ({:?})", cfg.origin, exe.seal),
-                socket: socket.to_path_buf(),
-            };
-            let code = match daemon(&cfg, listener, exe) {
+            let code = match daemon(cfg, socket, listener, exe) {
                 Ok(()) => 0,
                 Err(e) => {
                     error!("shim daemon: {e}");
@@ -286,12 +271,10 @@ fn launcher_args() -> Result<ExecArgv, String> {
     });
     let level = OsString::from(log::max_level().to_string());
     let env = std::env::vars_os()
-        .filter(|(k, _)| k != LOG_LEVEL_ENV)
-        .chain(std::iter::once((OsString::from(LOG_LEVEL_ENV), level)));
+        .filter(|(k, _)| k != logger::LEVEL_ENV)
+        .chain(std::iter::once((OsString::from(logger::LEVEL_ENV), level)));
     ExecArgv::new(argv, env).map_err(|e| format!("the launcher's arguments: {e}"))
 }
-
-const LOG_LEVEL_ENV: &str = "SHIM_RS_LOG_LEVEL";
 
 /// Sets our oom_score_adj to containerd's + 1 (at most 1000) before the daemon is forked, as
 /// containerd's runc shim does: under memory pressure the kernel picks a shim before
@@ -326,9 +309,14 @@ fn redirect(fd: i32, file: &std::fs::File) {
 }
 
 /// The long-lived daemon: forked by `start`, in the bundle directory, with stdio on
-/// /dev/null; `exe` is the sealed view of the binary to execute the launcher from.
-fn daemon(cfg: &DaemonConfig, listener: UnixListener, exe: SealedExe) -> Result<(), String> {
-    let socket = cfg.socket.as_path();
+/// /dev/null, serving `listener` (bound at `socket`); `exe` is the sealed view of the binary
+/// to execute the launcher from.
+fn daemon(
+    cfg: &StartConfig,
+    socket: &Path,
+    listener: UnixListener,
+    exe: SealedExe,
+) -> Result<(), String> {
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     // The log fifo as stderr too: panics then reach containerd's log.
     if let Some(log_fifo) = logger::init(cfg.debug) {
@@ -358,6 +346,7 @@ fn daemon(cfg: &DaemonConfig, listener: UnixListener, exe: SealedExe) -> Result<
         unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
     });
     let zygote = Zygote::spawn(&exe, &launcher_args()?, log_fd).map_err(|e| e.to_string())?;
+    let seal = exe.seal;
     drop(exe);
 
     let exits = zygote
@@ -391,7 +380,7 @@ fn daemon(cfg: &DaemonConfig, listener: UnixListener, exe: SealedExe) -> Result<
     )
     .map_err(|e| format!("ttrpc listener: {e}"))?;
     info!(
-        "shim daemon {} serving {} and {} on {}, started by {}",
+        "shim daemon {} serving {} and {} on {}, started by {}, launcher run from {seal:?}",
         std::process::id(),
         bootstrap::TASK_V2,
         bootstrap::TASK_V3,
