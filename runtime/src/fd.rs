@@ -218,6 +218,43 @@ pub fn chown_chmod_at(
     check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode & 0o7777, 0) })
 }
 
+/// Between a fork and an exec: puts `sources[i]` at descriptor `first + i`, without
+/// close-on-exec, so exactly these cross the exec; a negative source closes that number
+/// instead. Each source is first copied above every target, so that no dup2 overwrites
+/// another's source. Only async-signal-safe calls, no allocation. On failure, the errno.
+pub fn place_for_exec<const N: usize>(sources: [i32; N], first: i32) -> Result<(), i32> {
+    let above = first + N as i32;
+    let mut high = [-1; N];
+    for (h, s) in high.iter_mut().zip(sources) {
+        if s >= 0 {
+            // SAFETY: fcntl with an integer argument on a descriptor of ours.
+            *h = unsafe { libc::fcntl(s, libc::F_DUPFD_CLOEXEC, above) };
+            if *h < 0 {
+                return Err(io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EBADF));
+            }
+        }
+    }
+    for (target, h) in (first..).zip(high) {
+        // SAFETY: dup2 and close on descriptors of our own process.
+        let r = unsafe {
+            if h < 0 {
+                libc::close(target);
+                0
+            } else {
+                libc::dup2(h, target)
+            }
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EBADF));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

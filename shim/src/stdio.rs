@@ -90,24 +90,11 @@ fn open_log_uri(uri: &str, id: &str, namespace: &str) -> Result<Option<(File, Fi
         .stderr(std::process::Stdio::null());
     // The logger gets the stdout pipe as fd 3, stderr as fd 4 and the ready pipe as fd 5.
     let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
-    // SAFETY: the closure runs between fork and exec and only calls dup2, which is
-    // async-signal-safe; the descriptors stay open in the parent until spawn returns.
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // calls (place_for_exec); the descriptors stay open in the parent until spawn returns.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            // Move them out of the way first, so that none is overwritten by another's dup2.
-            let mut high = [0; 3];
-            for (h, fd) in high.iter_mut().zip(fds) {
-                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-                if *h < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (target, fd) in (3..).zip(high) {
-                if libc::dup2(fd, target) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
+            runtime::fd::place_for_exec(fds, 3).map_err(std::io::Error::from_raw_os_error)
         });
     }
     let mut child = cmd

@@ -79,7 +79,7 @@ pub struct Zygote {
 }
 
 /// Where the executed launcher finds its request channel, its exit channel and (if open)
-/// the shim's log, placed by [`Zygote::spawn`].
+/// the shim's log, placed by [`Zygote::spawn`]: consecutive numbers.
 const LAUNCHER_CHANNEL_FD: i32 = 3;
 const LAUNCHER_EXITS_FD: i32 = 4;
 pub const LAUNCHER_LOG_FD: i32 = 5;
@@ -113,30 +113,10 @@ impl Zygote {
                     if libc::getppid() != parent {
                         libc::_exit(0);
                     }
-                    // Copied above the targets first: no dup2 can overwrite another's source
-                    // (nor the binary's descriptor).
-                    let exe = libc::fcntl(exe, libc::F_DUPFD_CLOEXEC, 10);
-                    if exe < 0 {
+                    // Out of the way of the targets first (see place_for_exec).
+                    let exe = libc::fcntl(exe, libc::F_DUPFD_CLOEXEC, LAUNCHER_LOG_FD + 1);
+                    if exe < 0 || crate::fd::place_for_exec(from, LAUNCHER_CHANNEL_FD).is_err() {
                         libc::_exit(127);
-                    }
-                    let mut high = [-1; 3];
-                    for (h, f) in high.iter_mut().zip(from) {
-                        if f >= 0 {
-                            *h = libc::fcntl(f, libc::F_DUPFD_CLOEXEC, 10);
-                            if *h < 0 {
-                                libc::_exit(127);
-                            }
-                        }
-                    }
-                    let to = [LAUNCHER_CHANNEL_FD, LAUNCHER_EXITS_FD, LAUNCHER_LOG_FD];
-                    for (h, t) in high.into_iter().zip(to) {
-                        // dup2 clears close-on-exec: exactly these cross the exec (and no
-                        // stray descriptor passes for a log that is not there).
-                        if h < 0 {
-                            libc::close(t);
-                        } else if libc::dup2(h, t) < 0 {
-                            libc::_exit(127);
-                        }
                     }
                     let _ = exec_fd(exe, args);
                 }
