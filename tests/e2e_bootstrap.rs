@@ -434,11 +434,17 @@ fn containerd_2_3_bootstrap_params_get_a_protobuf_result() {
 fn containerd_1_6_start_gets_a_bare_address() {
     require_root();
     let s = Scratch::new("v16");
-    // containerd 1.6: -namespace -address -publish-binary -id start; TTRPC_ADDRESS only.
+    // containerd 1.6: -namespace -address -publish-binary -id start; TTRPC_ADDRESS only,
+    // and the library path of its `opt` plugin, with its empty (current directory) entry.
+    let opt_lib = format!("{}/opt/lib:", s.dir.display());
     let out = shim_start(
         &s,
         &legacy_args(&s, false),
-        &[("GOMAXPROCS", "2"), ("TTRPC_ADDRESS", s.ttrpc.as_str())],
+        &[
+            ("GOMAXPROCS", "2"),
+            ("TTRPC_ADDRESS", s.ttrpc.as_str()),
+            ("LD_LIBRARY_PATH", opt_lib.as_str()),
+        ],
         &["MAX_SHIM_VERSION", "GRPC_ADDRESS", "NAMESPACE"],
         b"",
     );
@@ -454,6 +460,21 @@ fn containerd_1_6_start_gets_a_bare_address() {
         String::from_utf8_lossy(&out.stdout),
         address,
         "bare address, no newline"
+    );
+    // The launcher, parent of every container process, inherits none of containerd's
+    // environment: no library path sends its loader into the bundle directory.
+    let launcher = processes_of(&s.id)
+        .into_iter()
+        .find(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "shim-rs-launch")
+        })
+        .expect("no launcher among the shim's processes");
+    let environ = fs::read(format!("/proc/{launcher}/environ")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&environ),
+        "SHIM_RS_LOG_LEVEL=INFO\0",
+        "the launcher's environment"
     );
     exercise_and_shut_down(&s, &address, &socket, V2);
     assert!(

@@ -259,8 +259,11 @@ fn fork_daemon(
     }
 }
 
-/// argv and environment of the launcher: `start`'s, but for the action (tools that find
-/// shims by their flags, containerd's and ours, still do) and the log level to keep.
+/// argv and environment of the launcher: `start`'s argv, but for the action (tools that find
+/// shims by their flags, containerd's and ours, still do); of the environment only the log
+/// level to keep. The launcher reads nothing else from it, and containerd 1.6/1.7 put
+/// `LD_LIBRARY_PATH=<root>/opt/lib:` in it, whose empty entry has the dynamic loader look for
+/// each library in the bundle directory first (about 50 failed opens per start).
 fn launcher_args() -> Result<ExecArgv, String> {
     let argv = std::env::args_os().map(|a| {
         if a == "start" {
@@ -270,9 +273,7 @@ fn launcher_args() -> Result<ExecArgv, String> {
         }
     });
     let level = OsString::from(log::max_level().to_string());
-    let env = std::env::vars_os()
-        .filter(|(k, _)| k != logger::LEVEL_ENV)
-        .chain(std::iter::once((OsString::from(logger::LEVEL_ENV), level)));
+    let env = std::iter::once((OsString::from(logger::LEVEL_ENV), level));
     ExecArgv::new(argv, env).map_err(|e| format!("the launcher's arguments: {e}"))
 }
 
