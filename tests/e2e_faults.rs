@@ -1672,6 +1672,56 @@ fn create_racing_shutdown_leaves_nothing_half_made() {
     eprintln!("create vs shutdown: {outcomes:?}");
 }
 
+/// A rootfs mount that fails (an overlay on a lowerdir that does not exist; it is mounted
+/// while the plan and the cgroups are made): Create fails naming the mount, and leaves no
+/// cgroup, state file, process or mount behind; the same id can then be created.
+#[test]
+fn a_failing_rootfs_mount_leaves_nothing() {
+    debug_env();
+    if !testing_our_shim() {
+        return;
+    }
+    let shim = Standalone::start("rootfs-fail");
+    let cid = unique_id("rf");
+    let bundle = shim.bundle(&cid, &["sleep", "600"]);
+    let mut req = Standalone::create_request(&cid, &bundle);
+    let missing = shim.dir.join("no-such-lower");
+    req.rootfs.push(shim_api::Mount {
+        type_: "overlay".into(),
+        source: "overlay".into(),
+        options: vec![format!("lowerdir={}", missing.display())],
+        ..Default::default()
+    });
+    let client = shim.client();
+    let created: ttrpc::Result<shim_api::CreateTaskResponse> = shim_call(&client, "Create", &req);
+    let message = format!("{created:?}");
+    assert!(
+        created.is_err() && message.contains("rootfs[0]"),
+        "Create on a failing rootfs mount: {message}"
+    );
+    assert_eq!(shim.leftovers_of(&cid), Vec::<String>::new());
+    let target = bundle.join("rootfs");
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(target.to_str().unwrap())),
+        "{} is still a mount point",
+        target.display()
+    );
+    // Nothing of the failed Create holds the id.
+    let _: shim_api::CreateTaskResponse = shim_call(
+        &client,
+        "Create",
+        &Standalone::create_request(&cid, &bundle),
+    )
+    .expect("Create after the failed one");
+    assert_eq!(shim.kill_and_delete(&client, &cid), 137);
+    assert_eq!(shim.leftovers_of(&cid), Vec::<String>::new());
+    drop(client);
+    shim.shutdown();
+}
+
 // ======================================================================== disks ===
 
 /// A tmpfs over our namespace's bundle directory (containerd's state for our tasks, where
