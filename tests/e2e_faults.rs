@@ -1672,54 +1672,58 @@ fn create_racing_shutdown_leaves_nothing_half_made() {
     eprintln!("create vs shutdown: {outcomes:?}");
 }
 
-/// A rootfs mount that fails (an overlay on a lowerdir that does not exist; it is mounted
-/// while the plan and the cgroups are made): Create fails naming the mount, and leaves no
-/// cgroup, state file, process or mount behind; the same id can then be created.
+/// A rootfs mount that fails (Tasks.Create with an overlay on a lowerdir that does not
+/// exist; the shim mounts it while it makes the plan and the cgroups): Create fails naming
+/// the mount and leaves nothing behind; the container then gets a task on its snapshot.
 #[test]
 fn a_failing_rootfs_mount_leaves_nothing() {
     debug_env();
     if !testing_our_shim() {
         return;
     }
-    let shim = Standalone::start("rootfs-fail");
-    let cid = unique_id("rf");
-    let bundle = shim.bundle(&cid, &["sleep", "600"]);
-    let mut req = Standalone::create_request(&cid, &bundle);
-    let missing = shim.dir.join("no-such-lower");
-    req.rootfs.push(shim_api::Mount {
-        type_: "overlay".into(),
-        source: "overlay".into(),
-        options: vec![format!("lowerdir={}", missing.display())],
+    let _serial = shared();
+    let api = Api::connect();
+    let ch = api.channel();
+    let id = create_container("rootfs-fail", &["sleep", "600"]);
+    let missing = env().workdir.join(format!("{id}-no-such-lower"));
+    let req = CreateTaskRequest {
+        container_id: id.clone(),
+        rootfs: vec![containerd_client::types::Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![format!("lowerdir={}", missing.display())],
+            ..Default::default()
+        }],
         ..Default::default()
-    });
-    let client = shim.client();
-    let created: ttrpc::Result<shim_api::CreateTaskResponse> = shim_call(&client, "Create", &req);
-    let message = format!("{created:?}");
-    assert!(
-        created.is_err() && message.contains("rootfs[0]"),
-        "Create on a failing rootfs mount: {message}"
-    );
-    assert_eq!(shim.leftovers_of(&cid), Vec::<String>::new());
-    let target = bundle.join("rootfs");
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mountinfo
-            .lines()
-            .any(|l| l.split(' ').nth(4) == Some(target.to_str().unwrap())),
-        "{} is still a mount point",
-        target.display()
-    );
-    // Nothing of the failed Create holds the id.
-    let _: shim_api::CreateTaskResponse = shim_call(
-        &client,
+    };
+    let created = api.rt.block_on(bounded(
         "Create",
-        &Standalone::create_request(&cid, &bundle),
-    )
-    .expect("Create after the failed one");
-    assert_eq!(shim.kill_and_delete(&client, &cid), 137);
-    assert_eq!(shim.leftovers_of(&cid), Vec::<String>::new());
-    drop(client);
-    shim.shutdown();
+        RPC_TIMEOUT,
+        tasks(&ch).create(with_namespace!(req, namespace())),
+    ));
+    let err = created.expect_err("Create on an overlay without its lowerdir");
+    assert!(
+        err.message().contains("rootfs[0]"),
+        "Create's error does not name the mount: {}",
+        err.message()
+    );
+    // Only the container and its snapshot stay: no cgroup, mount, process, socket or bundle.
+    let kept = |l: &String| l.contains("lists the container") || l.contains("the snapshot");
+    let mut left = Vec::new();
+    wait_until(SETTLE, || {
+        left = leftovers(&id).into_iter().filter(|l| !kept(l)).collect();
+        left.is_empty()
+    });
+    assert!(
+        left.is_empty(),
+        "after the failed Create:\n  {}",
+        left.join("\n  ")
+    );
+    api.rt
+        .block_on(create_task(&ch, &id, ""))
+        .expect("Create after the failed one");
+    remove_container(&id);
+    assert_no_leftovers(&id);
 }
 
 // ======================================================================== disks ===
