@@ -376,21 +376,10 @@ pub fn run_launcher() -> ! {
         // SAFETY: fcntl with an integer argument (EBADF for a log that is not there).
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
-    // Set before the exec, and kept by it unless our credentials changed: then set it now.
-    let mut death = 0;
-    // SAFETY: prctl writing an int we own; then with integer arguments.
-    unsafe {
-        libc::prctl(
-            libc::PR_GET_PDEATHSIG,
-            &mut death as *mut libc::c_int,
-            0,
-            0,
-            0,
-        );
-        if death != libc::SIGKILL {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-        }
-    }
+    // Set before the exec too (so a shim that died meanwhile has killed us already); an exec
+    // that changes credentials clears it, so it is set again.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     // Only stdio, the channels and the log (when open) survive: anything the shim left
     // without close-on-exec must not reach a container.
     close_all_but(&[LAUNCHER_CHANNEL_FD, LAUNCHER_EXITS_FD, LAUNCHER_LOG_FD]);
