@@ -224,15 +224,18 @@ pub fn chown_chmod_at(
 /// another's source. Only async-signal-safe calls, no allocation. On failure, the errno.
 pub fn place_for_exec<const N: usize>(sources: [i32; N], first: i32) -> Result<(), i32> {
     let above = first + N as i32;
+    let last_errno = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EBADF)
+    };
     let mut high = [-1; N];
     for (h, s) in high.iter_mut().zip(sources) {
         if s >= 0 {
             // SAFETY: fcntl with an integer argument on a descriptor of ours.
             *h = unsafe { libc::fcntl(s, libc::F_DUPFD_CLOEXEC, above) };
             if *h < 0 {
-                return Err(io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EBADF));
+                return Err(last_errno());
             }
         }
     }
@@ -247,9 +250,7 @@ pub fn place_for_exec<const N: usize>(sources: [i32; N], first: i32) -> Result<(
             }
         };
         if r < 0 {
-            return Err(io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EBADF));
+            return Err(last_errno());
         }
     }
     Ok(())
