@@ -1,12 +1,14 @@
 //! How a container's init is born from a multithreaded shim, safely by construction.
 //!
-//! The shim daemon starts a [`zygote`] first thing: a fresh process, executed from the sealed
-//! view of the binary ([`sealed_exe`]), so it shares no lock or allocator state with the
-//! daemon's threads. The zygote never starts a thread, so it may fork at any time and its child may run any code
-//! (allocate, take locks, log). For each container it clones the init (with the namespace
-//! flags of the plan); it stays the init's parent, reaps it, and reports the exit to the shim
-//! on a dedicated channel. The init applies the plan ([`init`]), reports `Ready` on its [`channel::Channel`], waits
-//! for `Start`, and execs. The channel is close-on-exec: EOF after `Start` means exec worked.
+//! The shim daemon starts a [`zygote`] first thing: a fresh process, executed from the
+//! sealed view of the binary ([`sealed_exe`]), so it shares no lock or allocator state
+//! with the daemon's threads. The zygote never starts a thread, so it may fork at any
+//! time and its child may run any code (allocate, take locks, log). For each container
+//! it clones the init (with the namespace flags of the plan); it stays the init's
+//! parent, reaps it, and reports the exit to the shim on a dedicated channel. The init
+//! applies the plan ([`init`]), reports `Ready` on its [`channel::Channel`], waits for
+//! `Start`, and execs. The channel is close-on-exec: EOF after `Start` means exec
+//! worked.
 
 pub mod channel;
 pub mod init;
